@@ -218,6 +218,8 @@ class PipelineConfig(_Section):
     stop_after_finetuning: bool = False
     stop_after_inference: bool = False
     artifacts_root: str = "artifacts"
+    #: Converted/cached base models; unset: ``<artifacts_root>/base_model``. Share it across projects.
+    model_cache_dir: str | None = None
 
 
 class Settings(_Section):
@@ -241,10 +243,20 @@ class Settings(_Section):
     def artifacts_root(self) -> Path:
         return self.resolve_path(self.pipeline.artifacts_root)
 
+    @property
+    def model_cache_dir(self) -> Path:
+        configured = self.pipeline.model_cache_dir
+        return self.resolve_path(configured) if configured else self.artifacts_root / "base_model"
+
     def flat_params(self) -> dict[str, str]:
         """The resolved config as prefixed MLflow params (``finetuner_rank``, ``mlflow_experiment_name``...)."""
-        prefixes = {"fine_tuner": "finetuner", "inferencer": "inferencer", "evaluator": "evaluator",
-                    "mlflow": "mlflow", "pipeline": "pipeline"}
+        prefixes = {
+            "fine_tuner": "finetuner",
+            "inferencer": "inferencer",
+            "evaluator": "evaluator",
+            "mlflow": "mlflow",
+            "pipeline": "pipeline",
+        }
         params: dict[str, str] = {}
         for section, prefix in prefixes.items():
             _flatten(getattr(self, section).model_dump(mode="json"), prefix, params)
@@ -270,10 +282,13 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 def _expand_env(value: Any, where: str, source: str) -> Any:
     if isinstance(value, str):
+
         def lookup(match: re.Match[str]) -> str:
             var = match.group(1)
             if var not in os.environ:
-                raise ConfigError(f"{source}: {where} refers to ${{{var}}}, but the environment variable {var} is unset")
+                raise ConfigError(
+                    f"{source}: {where} refers to ${{{var}}}, but the environment variable {var} is unset"
+                )
             return os.environ[var]
 
         return _ENV_REF.sub(lookup, value)
@@ -316,7 +331,9 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def build_settings(data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path | None = None) -> Settings:
+def build_settings(
+    data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path | None = None
+) -> Settings:
     """Validate raw config data; errors name ``source``, the section and the key."""
     expanded = _expand_env(dict(data), "", source)
     try:

@@ -15,6 +15,8 @@ finetuning_job = dg.define_asset_job(
 inference_job = dg.define_asset_job(
     "inference_job", selection=dg.AssetSelection.assets("inference_results", "base_inference_results")
 )
-evaluation_job = dg.define_asset_job("evaluation_job", selection=dg.AssetSelection.assets("evaluation_report"))
+evaluation_job = dg.define_asset_job(
+    "evaluation_job", selection=dg.AssetSelection.assets("evaluation_report")
+)
 
 ALL_JOBS = [fine_tune_pipeline, finetuning_job, inference_job, evaluation_job]

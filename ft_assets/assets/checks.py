@@ -1,7 +1,5 @@
 """Asset checks that gate a release: metric thresholds, not-worse-than-base, inference completeness."""
 
-from __future__ import annotations
-
 import math
 from typing import Any
 
@@ -14,15 +12,23 @@ from ft_assets.resources.settings import PipelineSettings
 
 def _severity(settings: PipelineSettings) -> dg.AssetCheckSeverity:
     # ERROR stops downstream assets of a blocking check; WARN only reports.
-    return dg.AssetCheckSeverity.ERROR if settings.load().evaluator.blocking_checks else dg.AssetCheckSeverity.WARN
+    return (
+        dg.AssetCheckSeverity.ERROR
+        if settings.load().evaluator.blocking_checks
+        else dg.AssetCheckSeverity.WARN
+    )
 
 
-@dg.asset_check(asset=evaluation_report, blocking=True, description="Every [evaluator.thresholds] metric is met.")
+@dg.asset_check(
+    asset=evaluation_report, blocking=True, description="Every [evaluator.thresholds] metric is met."
+)
 def metric_thresholds(settings: PipelineSettings, evaluation_report: dict[str, Any]) -> dg.AssetCheckResult:
     thresholds = settings.load().evaluator.thresholds
     means = {name: evaluation_report["summary"][name]["mean"] for name in thresholds}
     failing = {
-        name: mean for name, mean in means.items() if mean is None or math.isnan(mean) or mean < thresholds[name]
+        name: mean
+        for name, mean in means.items()
+        if mean is None or math.isnan(mean) or mean < thresholds[name]
     }
     return dg.AssetCheckResult(
         passed=not failing,
@@ -31,7 +37,9 @@ def metric_thresholds(settings: PipelineSettings, evaluation_report: dict[str, A
     )
 
 
-@dg.asset_check(asset=evaluation_report, blocking=True, description="Fine-tuned is not worse than base (primary metric).")
+@dg.asset_check(
+    asset=evaluation_report, blocking=True, description="Fine-tuned is not worse than base (primary metric)."
+)
 def not_worse_than_base(settings: PipelineSettings, evaluation_report: dict[str, Any]) -> dg.AssetCheckResult:
     primary = evaluation_report["primary_metric"]
     tuned = evaluation_report["summary"][primary]["mean"]
@@ -43,11 +51,18 @@ def not_worse_than_base(settings: PipelineSettings, evaluation_report: dict[str,
     return dg.AssetCheckResult(
         passed=passed,
         severity=_severity(settings),
-        metadata={"primary_metric": primary, "fine_tuned": tuned, "base": base, "delta": (tuned or 0) - (base or 0)},
+        metadata={
+            "primary_metric": primary,
+            "fine_tuned": tuned,
+            "base": base,
+            "delta": (tuned or 0) - (base or 0),
+        },
     )
 
 
-@dg.asset_check(asset=inference_results, description="One row per test example; empty responses under the limit.")
+@dg.asset_check(
+    asset=inference_results, description="One row per test example; empty responses under the limit."
+)
 def inference_complete(settings: PipelineSettings, inference_results: dict[str, Any]) -> dg.AssetCheckResult:
     allowed = settings.load().inferencer.max_empty_response_share
     rows, expected = inference_results["rows"], inference_results["expected_rows"]

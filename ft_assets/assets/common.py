@@ -1,7 +1,5 @@
 """Small helpers shared by the asset modules: per-run output folders and secrets from the environment."""
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 

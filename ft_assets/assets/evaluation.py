@@ -1,7 +1,5 @@
 """The evaluation report asset: ragas metrics for the fine-tuned model and the baseline, as JSON + Excel."""
 
-from __future__ import annotations
-
 import json
 import time
 from pathlib import Path
@@ -77,8 +75,13 @@ def evaluation_report(
         eval_metrics = {f"eval_{name}": stats["mean"] for name, stats in summary.items()}
         eval_metrics.update({f"eval_base_{name}": stats["mean"] for name, stats in base_summary.items()})
         usage = scores.judge_usage
-        eval_metrics.update({"judge_input_tokens": usage.input_tokens, "judge_output_tokens": usage.output_tokens,
-                             "judge_cost_usd": usage.cost_usd})
+        eval_metrics.update(
+            {
+                "judge_input_tokens": usage.input_tokens,
+                "judge_output_tokens": usage.output_tokens,
+                "judge_cost_usd": usage.cost_usd,
+            }
+        )
         run.log_metrics(eval_metrics)
         run.log_parent_metrics(eval_metrics)
         run.log_artifact(report.json_path)

@@ -1,7 +1,5 @@
 """Inference assets: batched generation on the held-out test split, for the fine-tuned and the base model."""
 
-from __future__ import annotations
-
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +77,13 @@ def inference_results(
     resolved = settings.load()
     model_dir = Path(fine_tuned_model.get("merged_path") or fine_tuned_model["path"])
     return _run_inference(
-        context, resolved, mlflow, asset_name="inference_results", phase="inference",
-        model_dir=model_dir, model_hash=fine_tuned_model["fingerprint"],
+        context,
+        resolved,
+        mlflow,
+        asset_name="inference_results",
+        phase="inference",
+        model_dir=model_dir,
+        model_hash=fine_tuned_model["fingerprint"],
     )
 
 
@@ -106,6 +109,11 @@ def base_inference_results(
         context.log.info("[inferencer] run_baseline = false: no baseline inference")
         return dg.Output(None, metadata={"skipped": "run_baseline = false"})
     return _run_inference(
-        context, resolved, mlflow, asset_name="base_inference_results", phase="baseline_inference",
-        model_dir=base_model.path, model_hash=base_model.content_hash,
+        context,
+        resolved,
+        mlflow,
+        asset_name="base_inference_results",
+        phase="baseline_inference",
+        model_dir=base_model.path,
+        model_hash=base_model.content_hash,
     )

@@ -1,7 +1,5 @@
 """Model assets: the resolved base model and the fine-tuned adapter (LoRA/QLoRA via TRL + PEFT)."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import dagster as dg
@@ -27,7 +25,7 @@ def base_model(context: dg.AssetExecutionContext, settings: PipelineSettings) ->
     resolved = settings.load()
     model = resolve_base_model(
         resolved.fine_tuner.base_model_id,
-        cache_dir=resolved.artifacts_root / "base_model",
+        cache_dir=resolved.model_cache_dir,
         base_dir=resolved.base_dir,
         token=hf_token(),
     )
@@ -70,7 +68,9 @@ def fine_tuned_model(
         train_set, validation_set = load_training_data(resolved, hf_token())
         for name, dataset in (("train", train_set), ("validation", validation_set)):
             if dataset is not None:
-                run.log_dataset(name, dataset.content_hash, dataset.resolved, "training" if name == "train" else "eval")
+                run.log_dataset(
+                    name, dataset.content_hash, dataset.resolved, "training" if name == "train" else "eval"
+                )
         result = train(
             resolved,
             base_model,
@@ -82,8 +82,13 @@ def fine_tuned_model(
             hub_token=hf_token(),
         )
         run.log_metrics({f"final_{k}": v for k, v in result.metrics.items()})
-        run.log_params({"device": result.device.device, "dtype": result.device.dtype,
-                        "dropped_rows": len(result.dropped_rows)})
+        run.log_params(
+            {
+                "device": result.device.device,
+                "dtype": result.device.dtype,
+                "dropped_rows": len(result.dropped_rows),
+            }
+        )
         run.log_artifact(output_dir / "loss_curve.png")
         if resolved.mlflow.log_model:
             run.log_peft_model(output_dir, "fine_tuned_model", None)
@@ -96,8 +101,10 @@ def fine_tuned_model(
         "base_model_id": base_model.model_id,
         "base_model_hash": base_model.content_hash,
         "fingerprint": result.fingerprint,
-        "data_versions": {"train": train_set.content_hash,
-                          "validation": validation_set.content_hash if validation_set else None},
+        "data_versions": {
+            "train": train_set.content_hash,
+            "validation": validation_set.content_hash if validation_set else None,
+        },
         "metrics": result.metrics,
     }
     m = result.metrics

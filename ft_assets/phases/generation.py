@@ -95,7 +95,6 @@ def load_for_inference(model_dir: Path, device: DeviceInfo) -> tuple[Any, Any]:
     tokenizer.padding_side = "left"
     model.to(device.device)
     model.eval()
-    torch.set_grad_enabled(False)
     return model, tokenizer
 
 

@@ -6,6 +6,7 @@ Run ``python -m ft_assets.phases.models --config config/pipeline.toml`` to resol
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -174,15 +175,18 @@ def model_content_hash(path: Path) -> str:
         saved = json.loads(memo.read_text())
         if saved.get("stamp") == stamp:
             return saved["hash"]
-    digest = "sha256:" + sha256_tree(path, ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.jinja"))
-    try:
+    digest = "sha256:" + sha256_tree(
+        path, ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.jinja")
+    )
+    # a read-only model directory is fine: the hash is just recomputed next time
+    with contextlib.suppress(OSError):
         write_json(memo, {"stamp": stamp, "hash": digest})
-    except OSError:
-        pass  # a read-only model directory is fine: the hash is just recomputed next time
     return digest
 
 
-def resolve_base_model(model_id: str, *, cache_dir: Path, base_dir: Path, token: str | None = None) -> ResolvedModel:
+def resolve_base_model(
+    model_id: str, *, cache_dir: Path, base_dir: Path, token: str | None = None
+) -> ResolvedModel:
     """Turn ``base_model_id`` into a local directory: embedded ids, local paths, or hub ids (offline-aware)."""
     if model_id == EMBEDDED_SMOLLM2:
         path = _cached(cache_dir / "smollm2-135m-instruct", _convert_smollm2)
@@ -191,7 +195,9 @@ def resolve_base_model(model_id: str, *, cache_dir: Path, base_dir: Path, token:
         path = _cached(cache_dir / f"tiny-llama-{TINY_MODEL_RECIPE}", build_tiny_model)
         return ResolvedModel(model_id, path, model_content_hash(path), "embedded-tiny")
     if model_id.startswith("embedded:"):
-        raise ModelError(f"unknown embedded model {model_id!r}; known: {EMBEDDED_SMOLLM2!r}, {EMBEDDED_TINY!r}")
+        raise ModelError(
+            f"unknown embedded model {model_id!r}; known: {EMBEDDED_SMOLLM2!r}, {EMBEDDED_TINY!r}"
+        )
     local = Path(model_id).expanduser()
     local = local if local.is_absolute() else base_dir / local
     looks_local = local.exists() or model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
@@ -215,8 +221,10 @@ def _download_from_hub(model_id: str, token: str | None) -> ResolvedModel:
                 allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
             )
         )
-    except Exception as error:  # noqa: BLE001 - every hub failure becomes one clear error
-        raise ModelError(f"could not fetch base model {model_id!r} from the Hugging Face Hub: {error}") from None
+    except Exception as error:
+        raise ModelError(
+            f"could not fetch base model {model_id!r} from the Hugging Face Hub: {error}"
+        ) from None
     return ResolvedModel(model_id, path, model_content_hash(path), "hub")
 
 
@@ -260,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = load_settings(args.config)
     resolved = resolve_base_model(
         settings.fine_tuner.base_model_id,
-        cache_dir=settings.artifacts_root / "base_model",
+        cache_dir=settings.model_cache_dir,
         base_dir=settings.base_dir,
         token=os.environ.get("HF_TOKEN"),
     )

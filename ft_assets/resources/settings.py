@@ -25,7 +25,9 @@ class PipelineSettings(dg.ConfigurableResource):
     of every section can be overridden this way; unknown keys fail with the key named.
     """
 
-    config_path: str = Field(default_factory=default_config_path, description="TOML file with the pipeline config")
+    config_path: str = Field(
+        default_factory=default_config_path, description="TOML file with the pipeline config"
+    )
     fine_tuner: dict[str, Any] = Field(default_factory=dict, description="overrides for [fine_tuner]")
     inferencer: dict[str, Any] = Field(default_factory=dict, description="overrides for [inferencer]")
     evaluator: dict[str, Any] = Field(default_factory=dict, description="overrides for [evaluator]")

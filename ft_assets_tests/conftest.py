@@ -1,0 +1,63 @@
+"""Shared fixtures: offline environment, the tiny embedded model, and per-test pipeline configs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+for _name, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "RAGAS_DO_NOT_TRACK": "true",
+    "TOKENIZERS_PARALLELISM": "false",
+    "DISABLE_MLFLOW_INTEGRATION": "TRUE",
+}.items():
+    os.environ.setdefault(_name, _value)
+for _name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "FT_ASSETS_CONFIG"):
+    os.environ.pop(_name, None)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CI_CONFIG = PROJECT_ROOT / "config" / "ci.toml"
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache of embedded base models for the whole session."""
+    return tmp_path_factory.mktemp("model_cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(model_cache: Path) -> Any:
+    """The embedded tiny Llama (random weights, BPE tokenizer trained offline, ChatML template)."""
+    from ft_assets.config import EMBEDDED_TINY
+    from ft_assets.phases.models import resolve_base_model
+
+    return resolve_base_model(EMBEDDED_TINY, cache_dir=model_cache, base_dir=PROJECT_ROOT)
+
+
+@pytest.fixture
+def write_config(tmp_path: Path, model_cache: Path) -> Callable[..., Path]:
+    """Write a TOML config: config/ci.toml with outputs and MLflow under tmp_path, plus overrides."""
+    from ft_assets.config import deep_merge, read_toml
+
+    def write(overrides: dict[str, Any] | None = None, name: str = "pipeline.toml") -> Path:
+        data = read_toml(CI_CONFIG)
+        for section in ("fine_tuner", "inferencer"):
+            for key in ("training_data_id", "validation_data_id", "testing_data_id"):
+                if key in data[section]:
+                    data[section][key] = str(PROJECT_ROOT / data[section][key])
+        data["pipeline"]["artifacts_root"] = str(tmp_path / "artifacts")
+        data["pipeline"]["model_cache_dir"] = str(model_cache)
+        data["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        data = deep_merge(data, overrides or {})
+        path = tmp_path / name
+        path.write_bytes(tomli_w.dumps(data).encode())
+        return path
+
+    return write
