@@ -2,10 +2,11 @@
 
 It speaks the real wire format (``POST /v1/chat/completions`` with ``usage``) on 127.0.0.1, so the
 code under test runs its real client stack (openai -> httpx -> instructor -> ragas). Answers are
-deterministic and built from the request: the default :func:`ragas_judge_responder` reads the JSON
-schema that instructor's JSON mode puts in the system message and the ``input:`` block of the ragas
-prompt, and answers as a perfectly literal judge would (a statement is supported when it occurs in the
-context, an answer is accurate when it equals the reference...).
+deterministic and built from the request: the default :func:`ragas_judge_responder` finds the
+response schema (a tool, ``response_format.json_schema``, or the system message of instructor's JSON
+mode) and the ``input:`` block of the ragas prompt, and answers as a perfectly literal judge would (a
+statement is supported when it occurs in the context, an answer is accurate when it equals the
+reference...), delivered in kind: a tool call, bare JSON in JSON mode, prose around JSON otherwise.
 
 Failures are chosen per request by content: ``failures={"row-7 marker": "http500"}`` makes every
 request whose messages contain that text fail in that way. Modes:
@@ -17,8 +18,8 @@ request whose messages contain that text fail in that way. Modes:
 - ``trickle``: sends headers at once, then the body one byte every ``trickle_interval_s``
   (keeps a per-read timeout from firing; only an overall deadline stops it).
 
-The server records every request body and its headers, the number served per status, the usage it reported in
-well-formed completions, and the highest number of requests in flight at once.
+The server records every request body and its headers, the number served per status, the usage it
+reported in well-formed completions, and the highest number of requests in flight at once.
 """
 
 from __future__ import annotations
@@ -55,18 +56,47 @@ def _last_json_after(text: str, marker: str) -> dict[str, Any]:
     return value
 
 
-def _schema_title(messages: list[dict[str, Any]]) -> str:
-    """The response model's name, from the JSON schema instructor's JSON mode puts in the system message."""
-    for message in messages:
+def _schema_title(request: dict[str, Any]) -> str:
+    """The response model's name, wherever the client put the schema: a tool (instructor TOOLS mode),
+    ``response_format.json_schema`` (JSON_SCHEMA / structured outputs) or the system message (JSON mode)."""
+    tools = request.get("tools") or []
+    if tools:
+        return str(tools[0]["function"]["name"])
+    response_format = request.get("response_format") or {}
+    if response_format.get("type") == "json_schema":
+        spec = response_format["json_schema"]
+        return str(spec.get("schema", {}).get("title") or spec["name"])
+    for message in request["messages"]:
         if message.get("role") == "system" and "json_schema" in str(message.get("content")):
             return str(_last_json_after(str(message["content"]), "json_schema:")["title"])
-    raise ValueError("request has no system message with a json_schema (not instructor JSON mode?)")
+    raise ValueError(
+        "request names no response schema (no tools, json_schema or instructor JSON-mode prompt)"
+    )
+
+
+def _assistant_message(request: dict[str, Any], content: str) -> dict[str, Any]:
+    """``content`` delivered the way the request asked: a tool call, bare JSON, or prose around JSON."""
+    tools = request.get("tools") or []
+    if tools:
+        call = {
+            "id": "call_stub",
+            "type": "function",
+            "function": {"name": tools[0]["function"]["name"], "arguments": content},
+        }
+        return {"role": "assistant", "content": None, "tool_calls": [call]}
+    if (request.get("response_format") or {}).get("type") in ("json_object", "json_schema"):
+        return {"role": "assistant", "content": content}
+    # Without JSON mode a chat model wraps its answer in prose, as real ones do.
+    return {"role": "assistant", "content": f"Sure! Here is the answer:\n```json\n{content}\n```"}
 
 
 def ragas_judge_responder(request: dict[str, Any]) -> str:
-    """Answer a ragas 0.4 collections-metric prompt as a literal-minded judge, as JSON text."""
+    """Answer a ragas 0.4 collections-metric prompt as a literal-minded judge, as JSON text.
+
+    :class:`OpenAIStub` then delivers it as the request asked (tool call, JSON mode, or plain chat).
+    """
     messages = request["messages"]
-    title = _schema_title(messages)
+    title = _schema_title(request)
     data = _last_json_after(str(messages[-1]["content"]), "\ninput:")
     answer: dict[str, Any]
     if title == "ClaimDecompositionOutput":
@@ -258,7 +288,7 @@ class OpenAIStub:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": content},
+                    "message": _assistant_message(request, content),
                     "finish_reason": "stop",
                     "logprobs": None,
                 }

@@ -4,6 +4,7 @@ OpenAI-compatible server (concurrency bound, failing rows, token usage and cost)
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import statistics
@@ -323,3 +324,40 @@ def test_http_failures_are_retried_max_retries_times(openai_stub) -> None:  # no
     # reference (marker): that call fails and is retried once.
     assert stub.stats.statuses == {200: 1, 500: 2}
     assert scores.judge_usage.requests == 3
+
+
+def test_stub_answers_in_the_form_the_request_asks_for(openai_stub) -> None:  # noqa: F811
+    import openai
+
+    stub = openai_stub()
+    client = openai.OpenAI(base_url=stub.base_url, api_key="k", max_retries=0)
+    prompt = (
+        'Rate it.\n-----\ninput: {"query": "q", "user_answer": "Yes.", "reference_answer": "yes"}\nOutput: '
+    )
+    schema = {
+        "title": "AnswerAccuracyOutput",
+        "type": "object",
+        "properties": {"rating": {"type": "integer"}},
+    }
+    messages = [{"role": "user", "content": prompt}]
+
+    tool = client.chat.completions.create(
+        model="m",
+        messages=messages,
+        tools=[{"type": "function", "function": {"name": "AnswerAccuracyOutput", "parameters": schema}}],
+    )
+    assert json.loads(tool.choices[0].message.tool_calls[0].function.arguments) == {"rating": 4}
+    structured = client.chat.completions.create(
+        model="m",
+        messages=messages,
+        response_format={"type": "json_schema", "json_schema": {"name": "out", "schema": schema}},
+    )
+    assert json.loads(structured.choices[0].message.content) == {"rating": 4}
+    assert structured.usage.prompt_tokens == len(prompt.split())
+    system = {
+        "role": "system",
+        "content": f"match the following json_schema:\n{json.dumps(schema)}\nMake sure",
+    }
+    plain = client.chat.completions.create(model="m", messages=[system, *messages])
+    assert plain.choices[0].message.content.startswith("Sure!")  # no JSON mode: prose around the JSON
+    assert stub.stats.statuses == {200: 3}
