@@ -12,7 +12,8 @@ location can import this module cheaply.
 - LLM-judge metrics call any OpenAI-compatible endpoint (``evaluator.judge``) in JSON mode, at most
   ``max_concurrency`` rows at a time; ``timeout_s`` bounds one row of one metric (retries included)
   and each HTTP request. A row that fails scores NaN with the error kept; the others go on.
-  Token usage is summed from the endpoint's own ``usage`` fields; the API key is never logged.
+  An empty response scores 0 on the judge metrics (but faithfulness) without a request. Token usage
+  is summed from the endpoint's own ``usage`` fields; the API key is never logged.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ METRIC_INPUTS: dict[str, tuple[str, ...]] = {
 REFERENCE_METRICS = frozenset(name for name, inputs in METRIC_INPUTS.items() if "reference" in inputs)
 CONTEXT_METRICS = frozenset(name for name, inputs in METRIC_INPUTS.items() if "retrieved_contexts" in inputs)
 EMBEDDING_METRICS = frozenset({"semantic_similarity", "answer_relevancy", "answer_correctness"})
+#: Judge metrics for which an empty response scores 0 without asking the judge (ragas would raise, and a
+#: NaN would drop the row from the mean, rewarding a model that answers nothing). Faithfulness of an
+#: empty response is undefined and stays NaN.
+EMPTY_RESPONSE_SCORES_ZERO = frozenset(JUDGE_METRICS) - CONTEXT_METRICS
 
 #: ``evaluator.embedding_model`` values served by the bundled offline copy of all-MiniLM-L6-v2.
 PACKAGED_EMBEDDING_MODELS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -62,7 +67,7 @@ _EMBEDDING_MAX_TOKENS = 256  # all-MiniLM-L6-v2's sentence_bert_config max_seq_l
 _EMBEDDING_BATCH = 64
 _ERROR_TEXT_LIMIT = 500
 
-# The row, the field the metric reads, and where the inference JSONL keeps it.
+# Metric argument -> the inference JSONL field that supplies it.
 _ROW_FIELDS = {
     "reference": "ground_truth",
     "response": "assistant_response",
@@ -188,6 +193,8 @@ def score_rows(rows: list[dict], config: EvaluatorConfig, *, api_key: str | None
     because ragas' sync entry points call :func:`asyncio.run`). ``api_key`` defaults to
     ``$OPENAI_API_KEY`` and is only needed for LLM-judge metrics.
     """
+    if not rows:
+        raise MetricsError("there are no rows to score: the inference output is empty")
     key = resolve_api_key(api_key)
     preflight(
         config,
@@ -231,7 +238,8 @@ def _metric_inputs(name: str, row: Mapping[str, Any], index: int) -> dict[str, A
     kwargs: dict[str, Any] = {}
     for argument in METRIC_INPUTS[name]:
         value = row.get(_ROW_FIELDS[argument])
-        if value is None or (argument == "retrieved_contexts" and not value):
+        # An empty response is a result to score; an empty reference, question or context list is not.
+        if value is None or (argument != "response" and not value):
             return f"row {row.get('id', index)!r} has no {_ROW_FIELDS[argument]}"
         kwargs[argument] = value
     return kwargs
@@ -367,13 +375,18 @@ class _Judge:
         self.usage.output_tokens += int(usage.get("completion_tokens") or 0)
 
     async def score(
-        self, metric: Any, inputs: Sequence[dict[str, Any] | str]
+        self, name: str, metric: Any, inputs: Sequence[dict[str, Any] | str]
     ) -> list[tuple[float, str | None]]:
-        return list(await asyncio.gather(*(self._score_row(metric, kwargs) for kwargs in inputs)))
+        """Score every row of one metric, at most ``max_concurrency`` rows at a time."""
+        return list(await asyncio.gather(*(self._score_row(name, metric, kwargs) for kwargs in inputs)))
 
-    async def _score_row(self, metric: Any, kwargs: dict[str, Any] | str) -> tuple[float, str | None]:
+    async def _score_row(
+        self, name: str, metric: Any, kwargs: dict[str, Any] | str
+    ) -> tuple[float, str | None]:
         if isinstance(kwargs, str):
             return math.nan, kwargs
+        if name in EMPTY_RESPONSE_SCORES_ZERO and not kwargs["response"].strip():
+            return 0.0, None
         notes: list[str] = []
         _JUDGE_NOTES.set(notes)
         async with self.semaphore:
@@ -457,7 +470,7 @@ async def _score_all(rows: list[dict], config: EvaluatorConfig, api_key: str | N
                 )
             if name in JUDGE_METRICS:
                 assert judge is not None, "preflight guarantees a key for judge metrics"
-                results = await judge.score(metric, inputs)
+                results = await judge.score(name, metric, inputs)
             else:
                 results = await _score_offline(metric, inputs)
             scores.per_row[name] = [value for value, _ in results]

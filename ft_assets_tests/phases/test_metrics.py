@@ -195,7 +195,9 @@ def test_preflight_names_the_metric_and_the_key_for_each_problem() -> None:
             has_ground_truth=True,
             has_contexts=False,
         )
-    # Offline metrics with a ground truth need nothing else; a key from the environment counts.
+    with pytest.raises(MetricsError, match="no rows to score"):
+        score_rows([], _config(OFFLINE_TEXT_METRICS))
+    # Offline metrics with a ground truth need nothing else.
     preflight(_config(OFFLINE_TEXT_METRICS), api_key=None, has_ground_truth=True, has_contexts=False)
 
 
@@ -253,12 +255,12 @@ def test_all_judge_metrics_score_with_literal_judge_in_json_mode(openai_stub, ca
 
 
 def test_concurrency_is_bounded_and_used(openai_stub) -> None:  # noqa: F811
-    rows = _rows([(f"Fact {i} is true.", f"Fact {i} is true.") for i in range(8)])
-    stub = openai_stub(delay_s=0.15)
+    rows = _rows([(f"Fact {i} is true.", f"Fact {i} is true.") for i in range(6)])
+    stub = openai_stub(delay_s=0.3)
     scores = score_rows(
         rows, _config(["answer_accuracy"], base_url=stub.base_url, max_concurrency=3), api_key="k"
     )
-    assert scores.per_row["answer_accuracy"] == [1.0] * 8
+    assert scores.per_row["answer_accuracy"] == [1.0] * 6
     assert stub.stats.max_in_flight == 3
 
     serial = openai_stub(delay_s=0.05)
@@ -361,3 +363,19 @@ def test_stub_answers_in_the_form_the_request_asks_for(openai_stub) -> None:  # 
     plain = client.chat.completions.create(model="m", messages=[system, *messages])
     assert plain.choices[0].message.content.startswith("Sure!")  # no JSON mode: prose around the JSON
     assert stub.stats.statuses == {200: 3}
+
+
+def test_empty_response_scores_zero_without_asking_the_judge(openai_stub) -> None:  # noqa: F811
+    stub = openai_stub()
+    rows = _rows([("Paris is the capital of France.", "   "), ("Paris is the capital of France.", "")])
+    rows[1]["ground_truth"] = ""  # an empty reference is no reference
+    metrics = ["answer_accuracy", "factual_correctness", "answer_relevancy"]
+    scores = score_rows(rows, _config(metrics, base_url=stub.base_url), api_key="k")
+    for name in metrics:
+        assert scores.per_row[name][0] == 0.0 and scores.errors[name][0] is None, name
+    for name in ("answer_accuracy", "factual_correctness"):
+        assert (
+            math.isnan(scores.per_row[name][1])
+            and scores.errors[name][1] == "row 'row-1' has no ground_truth"
+        )
+    assert stub.stats.requests == []
