@@ -90,8 +90,7 @@ def fine_tuned_model(
             }
         )
         run.log_artifact(output_dir / "loss_curve.png")
-        if resolved.mlflow.log_model:
-            run.log_peft_model(output_dir, "fine_tuned_model", None)
+        model_uri = run.log_peft_model(output_dir, "fine_tuned_model") if resolved.mlflow.log_model else None
         metadata = run.dagster_metadata()
     if result.resumed_from_step:
         context.log.info(f"resumed from checkpoint step {result.resumed_from_step}")
@@ -106,6 +105,7 @@ def fine_tuned_model(
             "validation": validation_set.content_hash if validation_set else None,
         },
         "metrics": result.metrics,
+        "mlflow_model_uri": model_uri,
     }
     m = result.metrics
     return dg.Output(
