@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,8 +42,18 @@ from ft_assets.phases.models import (
 
 LogCallback = Callable[[Mapping[str, float], int], None]
 #: Config keys that do not change what is trained, so a change of them keeps resumable checkpoints.
-_NON_TRAINING_KEYS = {"logging_steps", "save_steps", "save_total_limit", "push_to_hub", "hub_model_id",
-                      "hub_private", "merge_adapter", "on_bad_rows", "device"}
+_NON_TRAINING_KEYS = {
+    "logging_steps",
+    "save_steps",
+    "save_total_limit",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_private",
+    "merge_adapter",
+    "on_bad_rows",
+    "device",
+}
+MERGED_SUBDIR = "merged"
 
 
 @dataclass
@@ -61,34 +71,64 @@ class TrainingResult:
     hub_url: str | None = None
 
 
-def training_fingerprint(config: FineTunerConfig, base: ResolvedModel, data_versions: Mapping[str, str]) -> str:
+def training_fingerprint(
+    config: FineTunerConfig, base: ResolvedModel, data_versions: Mapping[str, str]
+) -> str:
     """Identity of a training job: same fingerprint -> its checkpoints can be resumed."""
     relevant = {k: v for k, v in config.model_dump(mode="json").items() if k not in _NON_TRAINING_KEYS}
-    payload = json.dumps({"config": relevant, "base": base.content_hash, "data": dict(data_versions)}, sort_keys=True)
+    payload = json.dumps(
+        {"config": relevant, "base": base.content_hash, "data": dict(data_versions)}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def _checkpoint_step(path: Path) -> int | None:
+    """The step of a complete checkpoint directory, None for a partial one.
+
+    The trainer writes ``trainer_state.json`` last, and a crash can cut that write short, so the state
+    must parse and name the directory's own step.
+    """
+    suffix = path.name.removeprefix("checkpoint-")
+    if not suffix.isdigit():
+        return None
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return int(suffix) if state.get("global_step") == int(suffix) else None
+
+
 def last_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest complete ``checkpoint-N`` (trainer_state.json is written last)."""
-    candidates = [
-        p for p in checkpoint_dir.glob("checkpoint-*")
-        if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()
-    ]
-    return max(candidates, key=lambda p: int(p.name.split("-")[-1]), default=None)
+    """The newest complete ``checkpoint-N`` under ``checkpoint_dir`` (None when there is none)."""
+    steps = {path: _checkpoint_step(path) for path in checkpoint_dir.glob("checkpoint-*")}
+    complete = {path: step for path, step in steps.items() if step is not None}
+    return max(complete, key=complete.__getitem__, default=None)
+
+
+def _token_count(example: Example, tokenizer: Any) -> int:
+    """Tokens of ``example`` as SFTTrainer will see it (chat template applied, EOS appended to plain text)."""
+    if example.text is None:
+        return len(
+            tokenizer.apply_chat_template(list(example.messages), tokenize=True, return_dict=True)[
+                "input_ids"
+            ]
+        )
+    text = example.text if example.text.endswith(tokenizer.eos_token) else example.text + tokenizer.eos_token
+    return len(tokenizer(text)["input_ids"])
 
 
 def _drop_overlong(
     examples: list[Example], tokenizer: Any, max_length: int, policy: str, source: str
 ) -> tuple[list[Example], list[BadRow]]:
+    # SFTTrainer would silently truncate these rows (cutting off the answer and its EOS): report them instead.
     bad: list[BadRow] = []
     kept: list[Example] = []
     for example in examples:
-        if example.text is not None:
-            length = len(tokenizer(example.text)["input_ids"])
-        else:
-            length = len(tokenizer.apply_chat_template(list(example.messages), tokenize=True, return_dict=True)["input_ids"])
+        length = _token_count(example, tokenizer)
         if length > max_length:
-            bad.append(BadRow(example.row, f"{length} tokens after templating exceeds max_length={max_length}"))
+            bad.append(
+                BadRow(example.row, f"{length} tokens after templating exceeds max_length={max_length}")
+            )
         else:
             kept.append(example)
     return kept, check_bad_rows(bad, policy=policy, source=source, total=len(examples))
@@ -115,7 +155,13 @@ def _load_model(base: ResolvedModel, config: FineTunerConfig, device: DeviceInfo
     quantization = _quantization_config(config, device)
     kwargs: dict[str, Any] = {"dtype": device.torch_dtype()}
     if quantization is not None:
+        if config.method == "full":
+            raise ModelError(
+                "[fine_tuner] method = 'full' cannot train quantized weights; "
+                "set load_in_4bit/load_in_8bit = false or method = 'lora' (QLoRA)"
+            )
         kwargs["quantization_config"] = quantization
+        # bitsandbytes quantizes while loading, on the device the weights are placed on
         kwargs["device_map"] = {"": 0} if device.device == "cuda" else {"": "cpu"}
     model = AutoModelForCausalLM.from_pretrained(base.path, **kwargs)
     if quantization is not None:
@@ -144,15 +190,16 @@ def _peft_config(config: FineTunerConfig) -> Any:
     )
 
 
-def _sft_config(config: FineTunerConfig, device: DeviceInfo, checkpoint_dir: Path, has_validation: bool) -> Any:
+def _sft_config(
+    config: FineTunerConfig, device: DeviceInfo, checkpoint_dir: Path, has_validation: bool
+) -> Any:
     from trl import SFTConfig
 
-    evaluate = has_validation and (config.eval_steps is not None or config.early_stopping_patience is not None)
+    early_stopping = has_validation and config.early_stopping_patience is not None
+    evaluate = has_validation and (config.eval_steps is not None or early_stopping)
     eval_steps = config.eval_steps or config.save_steps
-    save_steps = config.save_steps
-    if config.early_stopping_patience is not None:
-        # best-model tracking needs every save to coincide with an evaluation
-        save_steps = eval_steps
+    # best-model tracking (early stopping) needs every save to coincide with an evaluation
+    save_steps = eval_steps if early_stopping else config.save_steps
     return SFTConfig(
         output_dir=str(checkpoint_dir),
         num_train_epochs=config.epochs,
@@ -162,6 +209,7 @@ def _sft_config(config: FineTunerConfig, device: DeviceInfo, checkpoint_dir: Pat
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler_type,
+        # transformers 5 reads a warmup_steps value below 1 as a fraction of the total steps
         warmup_steps=config.warmup_ratio,
         weight_decay=config.weight_decay,
         optim=config.optim,
@@ -175,15 +223,18 @@ def _sft_config(config: FineTunerConfig, device: DeviceInfo, checkpoint_dir: Pat
         save_strategy="steps",
         save_steps=save_steps,
         save_total_limit=config.save_total_limit,
-        load_best_model_at_end=config.early_stopping_patience is not None and evaluate,
+        load_best_model_at_end=early_stopping,
         metric_for_best_model="eval_loss",
         greater_is_better=False,
         bf16=device.dtype == "bfloat16",
         fp16=device.dtype == "float16",
         use_cpu=device.device == "cpu",
-        gradient_checkpointing=config.gradient_checkpointing,
+        # the new name: TRL's default for the deprecated `gradient_checkpointing` alias is True
+        activation_checkpointing=config.gradient_checkpointing,
         packing=config.packing,
-        train_sampling_strategy="group_by_length" if config.group_by_length and not config.packing else "random",
+        train_sampling_strategy="group_by_length"
+        if config.group_by_length and not config.packing
+        else "random",
         completion_only_loss=config.train_on_responses_only,
         include_num_input_tokens_seen="non_padding",
         report_to="none",
@@ -205,31 +256,32 @@ def _check_packing(config: FineTunerConfig, device: DeviceInfo) -> None:
         )
 
 
-class _LogRelay:
-    """Forwards trainer logs (loss, learning rate, grad norm, tokens/s) to a callback."""
+def _log_relay(on_log: LogCallback | None) -> Any:
+    """A TrainerCallback that measures trained tokens/s and forwards trainer logs to ``on_log``."""
+    from transformers import TrainerCallback
 
-    def __init__(self, on_log: LogCallback | None) -> None:
-        from transformers import TrainerCallback
+    class LogRelay(TrainerCallback):
+        def __init__(self) -> None:
+            self.started = time.perf_counter()
+            self.start_tokens = 0
 
-        relay = self
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # on resume the trainer has restored the checkpoint's token count by now: count only this run's
+            self.started = time.perf_counter()
+            self.start_tokens = state.num_input_tokens_seen or 0
 
-        class Callback(TrainerCallback):
-            def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                relay.started = time.perf_counter()
-                relay.start_tokens = state.num_input_tokens_seen or 0
+        def tokens(self, state: Any) -> int:
+            return (state.num_input_tokens_seen or 0) - self.start_tokens
 
-            def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-                numeric = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
-                elapsed = time.perf_counter() - relay.started
-                seen = (state.num_input_tokens_seen or 0) - relay.start_tokens
-                if elapsed > 0 and seen:
-                    numeric["tokens_per_s"] = seen / elapsed
-                if on_log is not None and numeric:
-                    on_log(numeric, state.global_step)
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            numeric = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, int | float)}
+            elapsed = time.perf_counter() - self.started
+            if "loss" in numeric and elapsed > 0:
+                numeric["tokens_per_s"] = self.tokens(state) / elapsed
+            if on_log is not None and numeric:
+                on_log(numeric, state.global_step)
 
-        self.started = time.perf_counter()
-        self.start_tokens = 0
-        self.callback = Callback()
+    return LogRelay()
 
 
 def _save_loss_plot(log_history: list[dict[str, Any]], path: Path) -> None:
@@ -261,7 +313,9 @@ def prepare_examples(
     train_examples = list(train_set.examples)
     validation_examples = list(validation_set.examples) if validation_set else []
     if not validation_examples and config.validation_split > 0:
-        train_examples, validation_examples = split_validation(train_examples, config.validation_split, config.seed)
+        train_examples, validation_examples = split_validation(
+            train_examples, config.validation_split, config.seed
+        )
     train_examples, dropped = _drop_overlong(
         train_examples, tokenizer, config.max_length, config.on_bad_rows, train_set.resolved
     )
@@ -276,6 +330,49 @@ def prepare_examples(
     return train_examples, validation_examples, dropped
 
 
+def build_trainer(
+    settings: Settings,
+    base: ResolvedModel,
+    tokenizer: Any,
+    train_examples: list[Example],
+    validation_examples: list[Example],
+    *,
+    checkpoint_dir: Path,
+    device: DeviceInfo,
+    callbacks: Sequence[Any] = (),
+) -> Any:
+    """An SFTTrainer for ``base`` over the examples (tokenized and labelled, not yet trained).
+
+    Labels are -100 on prompt tokens when ``train_on_responses_only`` (TRL's completion-only loss on
+    prompt/completion records); the completion includes the template's end-of-turn token (the EOS).
+    """
+    import torch
+    from datasets import Dataset
+    from transformers import EarlyStoppingCallback, PrinterCallback
+    from trl import SFTTrainer
+
+    config = settings.fine_tuner
+    torch.manual_seed(config.seed)
+    model = _load_model(base, config, device)
+    train_dataset = Dataset.from_list(to_trl_records(train_examples))
+    eval_dataset = Dataset.from_list(to_trl_records(validation_examples)) if validation_examples else None
+    all_callbacks = list(callbacks)
+    if config.early_stopping_patience is not None and eval_dataset is not None:
+        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    trainer = SFTTrainer(
+        model=model,
+        args=_sft_config(config, device, checkpoint_dir, eval_dataset is not None),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        peft_config=_peft_config(config),
+        callbacks=all_callbacks,
+    )
+    # without tqdm the trainer prints every log dict to stdout; logs reach callers through callbacks instead
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def train(
     settings: Settings,
     base: ResolvedModel,
@@ -286,16 +383,14 @@ def train(
     checkpoint_root: Path,
     on_log: LogCallback | None = None,
     hub_token: str | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> TrainingResult:
     """Fine-tune ``base`` and publish adapter (or full model) + tokenizer + metadata atomically at ``output_dir``.
 
-    Checkpoints go to ``checkpoint_root/<fingerprint>``; an unchanged job resumes from the newest one.
+    Checkpoints go to ``checkpoint_root/<fingerprint>``; an unchanged job resumes from the newest complete
+    one, and they are removed once the output is published. ``callbacks`` are extra transformers
+    ``TrainerCallback`` objects (benchmarks, orchestration hooks).
     """
-    import torch
-    from datasets import Dataset
-    from transformers import EarlyStoppingCallback
-    from trl import SFTTrainer
-
     config = settings.fine_tuner
     device = detect_device(config.device)
     _check_packing(config, device)
@@ -303,7 +398,9 @@ def train(
         raise ModelError("[fine_tuner] push_to_hub = true needs a Hugging Face token (HF_TOKEN or --hf-key)")
     template = load_chat_template(config.chat_template, settings.base_dir)
     tokenizer = load_tokenizer(base.path, chat_template=template)
-    train_examples, validation_examples, dropped = prepare_examples(settings, train_set, validation_set, tokenizer)
+    train_examples, validation_examples, dropped = prepare_examples(
+        settings, train_set, validation_set, tokenizer
+    )
 
     data_versions = {"train": train_set.content_hash}
     if validation_set is not None:
@@ -311,30 +408,24 @@ def train(
     fingerprint = training_fingerprint(config, base, data_versions)
     checkpoint_dir = checkpoint_root / fingerprint
     resume = last_checkpoint(checkpoint_dir)
+    # read now: checkpoint rotation during training may delete this directory
+    resumed_from_step = _checkpoint_step(resume) if resume else None
 
-    torch.manual_seed(config.seed)
-    model = _load_model(base, config, device)
-    train_dataset = Dataset.from_list(to_trl_records(train_examples))
-    eval_dataset = Dataset.from_list(to_trl_records(validation_examples)) if validation_examples else None
-    relay = _LogRelay(on_log)
-    callbacks = [relay.callback]
-    if config.early_stopping_patience is not None and eval_dataset is not None:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
-    trainer = SFTTrainer(
-        model=model,
-        args=_sft_config(config, device, checkpoint_dir, eval_dataset is not None),
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-        peft_config=_peft_config(config),
-        callbacks=callbacks,
+    relay = _log_relay(on_log)
+    trainer = build_trainer(
+        settings,
+        base,
+        tokenizer,
+        train_examples,
+        validation_examples,
+        checkpoint_dir=checkpoint_dir,
+        device=device,
+        callbacks=[relay, *callbacks],
     )
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    duration = time.perf_counter() - started
-
-    metrics = _final_metrics(trainer, output, duration, relay, device)
-    if eval_dataset is not None:
+    metrics = _final_metrics(trainer, output, time.perf_counter() - started, relay.tokens(trainer.state))
+    if trainer.eval_dataset is not None:
         metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
     log_history = list(trainer.state.log_history)
     info = {
@@ -347,47 +438,64 @@ def train(
         "config": config.model_dump(mode="json"),
         "metrics": metrics,
         "device": device.__dict__,
+        "chat_template_source": config.chat_template or "tokenizer",
         "eos_token": tokenizer.eos_token,
+        "resumed_from_step": resumed_from_step,
+        "dropped_rows": len(dropped),
     }
-    merged_dir = None
+    merge = config.merge_adapter and config.method == "lora"
     with atomic_directory(output_dir) as scratch:
         trainer.model.save_pretrained(scratch)
         tokenizer.save_pretrained(scratch)
-        if config.merge_adapter and config.method == "lora":
-            merged = trainer.model.merge_and_unload()
-            merged.save_pretrained(scratch / "merged")
-            tokenizer.save_pretrained(scratch / "merged")
-            info["merged_subdir"] = "merged"
+        if merge:
+            _save_merged(base, scratch, scratch / MERGED_SUBDIR, tokenizer, device)
+            info["merged_subdir"] = MERGED_SUBDIR
         write_json(scratch / MODEL_INFO_FILE, info)
         write_json(scratch / "log_history.json", log_history)
         _save_loss_plot(log_history, scratch / "loss_curve.png")
-    if info.get("merged_subdir"):
-        merged_dir = output_dir / "merged"
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     hub_url = _push_to_hub(output_dir, config, hub_token) if config.push_to_hub else None
     return TrainingResult(
         output_dir=output_dir,
-        merged_dir=merged_dir,
+        merged_dir=output_dir / MERGED_SUBDIR if merge else None,
         metrics=metrics,
         log_history=log_history,
         fingerprint=fingerprint,
         device=device,
-        resumed_from_step=int(resume.name.split("-")[-1]) if resume else None,
+        resumed_from_step=resumed_from_step,
         dropped_rows=dropped,
         hub_url=hub_url,
     )
 
 
-def _final_metrics(trainer: Any, output: Any, duration: float, relay: _LogRelay, device: DeviceInfo) -> dict[str, float]:
+def _save_merged(
+    base: ResolvedModel, adapter_dir: Path, target: Path, tokenizer: Any, device: DeviceInfo
+) -> None:
+    """Base + adapter folded into one standalone model directory.
+
+    The adapter is applied to a fresh, unquantized copy of the base: merging into 4/8-bit weights
+    (QLoRA) would round the update away and save a bitsandbytes model.
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=device.torch_dtype())
+    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    merged.generation_config.eos_token_id = tokenizer.eos_token_id
+    merged.generation_config.pad_token_id = tokenizer.pad_token_id
+    merged.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def _final_metrics(trainer: Any, output: Any, duration: float, tokens: int) -> dict[str, float]:
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
-    tokens = float((trainer.state.num_input_tokens_seen or 0) - relay.start_tokens)
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return {
         "train_loss": float(losses[-1]) if losses else float(output.training_loss),
         "train_loss_mean": float(output.training_loss),
         "steps": float(trainer.state.global_step),
-        "trained_tokens": tokens,
+        "trained_tokens": float(tokens),
         "tokens_per_s": tokens / duration if duration > 0 else math.nan,
         "trainable_params": float(trainable),
         "total_params": float(total),
@@ -406,18 +514,30 @@ def _push_to_hub(output_dir: Path, config: FineTunerConfig, token: str | None) -
     return str(repo)
 
 
-def load_training_data(settings: Settings, token: str | None = None) -> tuple[LoadedDataset, LoadedDataset | None]:
+def load_training_data(
+    settings: Settings, token: str | None = None
+) -> tuple[LoadedDataset, LoadedDataset | None]:
     """The training set and the explicit validation set (if configured), both labelled."""
     config = settings.fine_tuner
     train_set = load_dataset(
-        config.training_data_id, config, base_dir=settings.base_dir, split=config.dataset_split,
-        revision=config.dataset_revision, token=token, require_ground_truth=True,
+        config.training_data_id,
+        config,
+        base_dir=settings.base_dir,
+        split=config.dataset_split,
+        revision=config.dataset_revision,
+        token=token,
+        require_ground_truth=True,
     )
     validation_set = None
     if config.validation_data_id:
         validation_set = load_dataset(
-            config.validation_data_id, config, base_dir=settings.base_dir, split="validation",
-            revision=config.dataset_revision, token=token, require_ground_truth=True,
+            config.validation_data_id,
+            config,
+            base_dir=settings.base_dir,
+            split="validation",
+            revision=config.dataset_revision,
+            token=token,
+            require_ground_truth=True,
         )
     return train_set, validation_set
 
@@ -430,18 +550,29 @@ def main(argv: list[str] | None = None) -> None:
     settings = load_settings(args.config)
     token = os.environ.get("HF_TOKEN")
     base = resolve_base_model(
-        settings.fine_tuner.base_model_id, cache_dir=settings.artifacts_root / "base_model",
-        base_dir=settings.base_dir, token=token,
+        settings.fine_tuner.base_model_id,
+        cache_dir=settings.model_cache_dir,
+        base_dir=settings.base_dir,
+        token=token,
     )
     train_set, validation_set = load_training_data(settings, token)
     result = train(
-        settings, base, train_set, validation_set,
+        settings,
+        base,
+        train_set,
+        validation_set,
         output_dir=args.output.resolve(),
         checkpoint_root=settings.artifacts_root / "fine_tuned_model" / "checkpoints",
         on_log=lambda logs, step: print(json.dumps({"step": step, **logs}), flush=True),
         hub_token=token,
     )
-    print(json.dumps({"output_dir": str(result.output_dir), **result.metrics}, indent=2))
+    summary = {
+        "output_dir": str(result.output_dir),
+        "resumed_from_step": result.resumed_from_step,
+        "dropped_rows": len(result.dropped_rows),
+        **result.metrics,
+    }
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":
