@@ -61,3 +61,4 @@ def write_config(tmp_path: Path, model_cache: Path) -> Callable[..., Path]:
         return path
 
     return write
+

@@ -14,8 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ft_assets.definitions import defs
-from ft_assets.resources.settings import PipelineSettings
-from ft_assets.resources.tracking import MlflowTracking
+from ft_assets_tests.helpers import pipeline_resources
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PHASE_ASSETS = ("fine_tuned_model", "inference_results", "base_inference_results", "evaluation_report")
@@ -27,7 +26,7 @@ def materialize_chain(
     job = defs.resolve_job_def("fine_tune_pipeline")
     return job.execute_in_process(
         instance=instance,
-        resources={"settings": PipelineSettings(config_path=str(config_path)), "mlflow": MlflowTracking()},
+        resources=pipeline_resources(config_path),
         run_config=run_config or None,
     )
 
@@ -161,7 +160,7 @@ def test_config_errors_fail_the_run_with_the_precise_message(
     config = write_config(override)
     result = defs.resolve_job_def("finetuning_job").execute_in_process(
         instance=dg.DagsterInstance.ephemeral(),
-        resources={"settings": PipelineSettings(config_path=str(config)), "mlflow": MlflowTracking()},
+        resources=pipeline_resources(config),
         raise_on_error=False,
     )
     assert not result.success

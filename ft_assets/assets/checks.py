@@ -1,21 +1,26 @@
 """Asset checks that gate a release: metric thresholds, not-worse-than-base, inference completeness."""
 
-import math
 from typing import Any
 
 import dagster as dg
 
 from ft_assets.assets.evaluation import evaluation_report
 from ft_assets.assets.inference import inference_results
+from ft_assets.phases.gates import GateResult, completeness_gate, not_worse_gate, threshold_gate
 from ft_assets.resources.settings import PipelineSettings
 
 
-def _severity(settings: PipelineSettings) -> dg.AssetCheckSeverity:
-    # ERROR stops downstream assets of a blocking check; WARN only reports.
-    return (
-        dg.AssetCheckSeverity.ERROR
-        if settings.load().evaluator.blocking_checks
-        else dg.AssetCheckSeverity.WARN
+def _result(gate: GateResult, settings: PipelineSettings) -> dg.AssetCheckResult:
+    # ERROR stops the assets downstream of a blocking check (model promotion); WARN only reports.
+    blocking = settings.load().evaluator.blocking_checks
+    return dg.AssetCheckResult(
+        passed=gate.passed,
+        severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN,
+        metadata={
+            key: dg.MetadataValue.json(value) if isinstance(value, dict | list) else value
+            for key, value in gate.details.items()
+            if value is not None
+        },
     )
 
 
@@ -23,51 +28,31 @@ def _severity(settings: PipelineSettings) -> dg.AssetCheckSeverity:
     asset=evaluation_report, blocking=True, description="Every [evaluator.thresholds] metric is met."
 )
 def metric_thresholds(settings: PipelineSettings, evaluation_report: dict[str, Any]) -> dg.AssetCheckResult:
-    thresholds = settings.load().evaluator.thresholds
-    means = {name: evaluation_report["summary"][name]["mean"] for name in thresholds}
-    failing = {
-        name: mean
-        for name, mean in means.items()
-        if mean is None or math.isnan(mean) or mean < thresholds[name]
-    }
-    return dg.AssetCheckResult(
-        passed=not failing,
-        severity=_severity(settings),
-        metadata={"thresholds": thresholds, "means": means, "failing": list(failing)},
-    )
+    """Fails when any configured threshold is not met; blocks promotion when ``blocking_checks`` is set."""
+    gate = threshold_gate(evaluation_report["summary"], settings.load().evaluator.thresholds)
+    return _result(gate, settings)
 
 
 @dg.asset_check(
     asset=evaluation_report, blocking=True, description="Fine-tuned is not worse than base (primary metric)."
 )
 def not_worse_than_base(settings: PipelineSettings, evaluation_report: dict[str, Any]) -> dg.AssetCheckResult:
-    primary = evaluation_report["primary_metric"]
-    tuned = evaluation_report["summary"][primary]["mean"]
-    base_summary = evaluation_report["base_summary"]
-    if not base_summary:
-        return dg.AssetCheckResult(passed=True, metadata={"note": "no baseline was run"})
-    base = base_summary[primary]["mean"]
-    passed = tuned is not None and base is not None and tuned >= base
-    return dg.AssetCheckResult(
-        passed=passed,
-        severity=_severity(settings),
-        metadata={
-            "primary_metric": primary,
-            "fine_tuned": tuned,
-            "base": base,
-            "delta": (tuned or 0) - (base or 0),
-        },
+    """Fails when the fine-tuned model scores below the base model on the primary metric."""
+    gate = not_worse_gate(
+        evaluation_report["summary"], evaluation_report["base_summary"], evaluation_report["primary_metric"]
     )
+    return _result(gate, settings)
 
 
 @dg.asset_check(
     asset=inference_results, description="One row per test example; empty responses under the limit."
 )
 def inference_complete(settings: PipelineSettings, inference_results: dict[str, Any]) -> dg.AssetCheckResult:
-    allowed = settings.load().inferencer.max_empty_response_share
-    rows, expected = inference_results["rows"], inference_results["expected_rows"]
-    empty_share = inference_results["empty_responses"] / rows if rows else 1.0
-    return dg.AssetCheckResult(
-        passed=rows == expected and empty_share <= allowed,
-        metadata={"rows": rows, "expected_rows": expected, "empty_share": empty_share, "allowed": allowed},
+    """Fails when rows are missing or too many responses are empty."""
+    gate = completeness_gate(
+        inference_results["rows"],
+        inference_results["expected_rows"],
+        inference_results["empty_responses"],
+        settings.load().inferencer.max_empty_response_share,
     )
+    return _result(gate, settings)

@@ -105,3 +105,54 @@ def evaluation_report(
             **{name: float(v) for name, v in eval_metrics.items() if name.startswith("eval_")},
         },
     )
+
+
+@dg.asset(group_name="evaluation", kinds={"mlflow"}, code_version=PHASE_CODE_VERSION)
+def promoted_model(
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    mlflow: MlflowTracking,
+    fine_tuned_model: dict[str, Any],
+    evaluation_report: dict[str, Any],
+) -> dg.Output[dict[str, Any]]:
+    """Registers the fine-tuned model in the MLflow model registry and points ``registry_alias`` at it, when
+    ``register_model = true`` and the release gates (thresholds, not worse than base) pass."""
+    import mlflow as mlflow_api
+
+    from ft_assets.phases.gates import not_worse_gate, threshold_gate
+
+    resolved = settings.load()
+    config = resolved.evaluator
+    if not config.register_model:
+        return dg.Output({"registered": False}, metadata={"skipped": "[evaluator] register_model = false"})
+    gates = {
+        "thresholds": threshold_gate(evaluation_report["summary"], config.thresholds),
+        "not_worse_than_base": not_worse_gate(
+            evaluation_report["summary"],
+            evaluation_report["base_summary"],
+            evaluation_report["primary_metric"],
+        ),
+    }
+    failed = [name for name, gate in gates.items() if not gate.passed]
+    if failed:
+        context.log.warning(f"not promoting: gates failed: {', '.join(failed)}")
+        return dg.Output(
+            {"registered": False, "failed_gates": failed}, metadata={"failed_gates": ", ".join(failed)}
+        )
+    model_uri = fine_tuned_model.get("mlflow_model_uri")
+    if not model_uri:
+        raise ValueError(
+            "[evaluator] register_model = true needs the model logged to MLflow ([mlflow] log_model = true)"
+        )
+    with mlflow.phase_run(context, "promotion", resolved) as run:
+        version = mlflow_api.register_model(model_uri, config.registered_model_name).version
+        run.set_registry_alias(config.registered_model_name, version, config.registry_alias)
+        run.set_tags({"registered_model": config.registered_model_name, "registered_version": str(version)})
+        metadata = run.dagster_metadata()
+    value = {
+        "registered": True,
+        "name": config.registered_model_name,
+        "version": str(version),
+        "alias": config.registry_alias,
+    }
+    return dg.Output(value, metadata={**metadata, **value})
