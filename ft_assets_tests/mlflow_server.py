@@ -1,11 +1,8 @@
 """A real ``mlflow server`` for tests: 127.0.0.1, a free port, sqlite backend and artifacts in a folder.
 
 Starting one takes ~20 s, so suites share a single server per test process through
-:func:`shared_mlflow_server` (stopped when the process exits); wrap it in a session fixture::
-
-    @pytest.fixture(scope="session")
-    def mlflow_server() -> MlflowServer:
-        return shared_mlflow_server()
+:func:`shared_mlflow_server` (stopped when the process exits), which the session fixture
+``mlflow_server`` in conftest.py returns.
 """
 
 from __future__ import annotations

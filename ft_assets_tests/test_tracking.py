@@ -30,7 +30,7 @@ from ft_assets.tracking import (
     sanitize_metrics,
     strip_credentials,
 )
-from ft_assets_tests.mlflow_server import MlflowServer, free_port, shared_mlflow_server
+from ft_assets_tests.mlflow_server import MlflowServer, free_port
 
 HOSTILE = {
     "rouge_score(mode=fmeasure)": "rouge_score_mode:fmeasure_",
@@ -46,10 +46,6 @@ HOSTILE = {
     "///": "_",
 }
 
-
-@pytest.fixture(scope="session")
-def mlflow_server() -> MlflowServer:
-    return shared_mlflow_server()
 
 
 def _assert_valid(key: str) -> None:

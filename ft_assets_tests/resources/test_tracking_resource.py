@@ -22,7 +22,7 @@ from ft_assets.resources.tracking import (
     mlflow_run_failure_sensor,
 )
 from ft_assets.tracking import SECRET_ENV_VARS, TrackingUnavailableError
-from ft_assets_tests.mlflow_server import MlflowServer, free_port, shared_mlflow_server
+from ft_assets_tests.mlflow_server import MlflowServer, free_port
 
 ASSET_PHASES = {
     "trained": "finetuning",
@@ -125,10 +125,6 @@ def multiprocess_job() -> dg.JobDefinition:
     )
     return defs.resolve_job_def("tracked")
 
-
-@pytest.fixture(scope="session")
-def mlflow_server() -> MlflowServer:
-    return shared_mlflow_server()
 
 
 def _materialize(tracking: MlflowTracking, plan: Plan, **kwargs: Any) -> dg.ExecuteInProcessResult:
