@@ -56,3 +56,9 @@ mlflow-ui: install
 
 clean:
 	rm -rf artifacts .dagster_home mlflow.db mlartifacts
+
+# The team deployment on a real PostgreSQL server (Dagster storage + MLflow backend store); starts a local
+# server on a free port and installs Debian's postgresql package when it is missing (needs root then).
+.PHONY: test-postgres
+test-postgres: install
+	$(VENV)/bin/pytest -q -ra -m postgres ft_assets_tests/postgres

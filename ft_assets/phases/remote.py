@@ -1,0 +1,378 @@
+"""One GPU phase (fine-tuning, inference, baseline inference) with its MLflow logging, runnable in the
+orchestrator's process or in an external one launched through Dagster Pipes.
+
+The same :func:`execute` runs in both places, so outputs, materialization metadata and the MLflow child run
+are the same whatever the launcher:
+
+* in process, the Dagster step calls :func:`execute` with the :class:`~ft_assets.tracking.PhaseRun` it
+  opened;
+* externally, ``python -m ft_assets.phases.remote`` (under plain python, ``accelerate launch`` or
+  ``torchrun``, locally or in a Kubernetes pod) reads its :class:`PhaseRequest` from the Pipes context
+  extras, attaches to the child run named by ``MLFLOW_RUN_ID`` (see ``PhaseRun.subprocess_env``), runs
+  :func:`execute`, and reports back through Pipes: metadata and data version with
+  ``report_asset_materialization``, the asset's value with ``report_custom_message``, progress with ``log``.
+
+Secrets (``HF_TOKEN``, ``OPENAI_API_KEY``, ``MLFLOW_TRACKING_PASSWORD``) are read from the environment
+here; a request never carries them. Under a multi-process launcher every rank trains (DDP/FSDP need all of
+them), but only rank 0 talks to Pipes and MLflow and publishes the output directory.
+
+This module imports ``dagster_pipes`` (the dependency-free protocol package), never ``dagster``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ft_assets.config import Settings, build_settings
+from ft_assets.phases.models import ResolvedModel
+from ft_assets.tracking import LogSink, PhaseRun, redact, strip_credentials
+
+#: The Pipes extra that carries the :class:`PhaseRequest`.
+REQUEST_EXTRA = "ft_assets_phase_request"
+#: The key of the custom Pipes message that carries the asset's value.
+VALUE_MESSAGE_KEY = "ft_assets_value"
+REMOTE_PHASES = ("finetuning", "inference", "baseline_inference")
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PhaseRequest:
+    """Everything a phase needs, as JSON: resolved settings (no secrets), model locations, output path."""
+
+    phase: str
+    settings: dict[str, Any]
+    base_dir: str
+    output: str
+    base_model: dict[str, str] | None = None
+    model_dir: str | None = None
+    model_hash: str | None = None
+    tracking_required: bool = True
+
+    def __post_init__(self) -> None:
+        if self.phase not in REMOTE_PHASES:
+            raise ValueError(f"phase {self.phase!r} cannot be launched; expected one of {REMOTE_PHASES}")
+
+    @classmethod
+    def finetuning(
+        cls, settings: Settings, base_model: ResolvedModel, output_dir: Path, *, tracking_required: bool
+    ) -> PhaseRequest:
+        """Train ``base_model`` and publish the adapter (or full model) at ``output_dir``."""
+        return cls(
+            phase="finetuning",
+            settings=_shareable_settings(settings),
+            base_dir=str(settings.base_dir),
+            output=str(output_dir),
+            base_model=base_model.to_json(),
+            tracking_required=tracking_required,
+        )
+
+    @classmethod
+    def inference(
+        cls,
+        phase: str,
+        settings: Settings,
+        *,
+        model_dir: Path,
+        model_hash: str,
+        output_path: Path,
+        tracking_required: bool,
+    ) -> PhaseRequest:
+        """Generate answers of ``model_dir`` on the test split into the JSONL ``output_path``."""
+        return cls(
+            phase=phase,
+            settings=_shareable_settings(settings),
+            base_dir=str(settings.base_dir),
+            output=str(output_path),
+            model_dir=str(model_dir),
+            model_hash=model_hash,
+            tracking_required=tracking_required,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Any) -> PhaseRequest:
+        if not isinstance(data, dict):
+            raise ValueError(f"Pipes extra {REQUEST_EXTRA!r} is missing or not an object: {data!r}")
+        return cls(**data)
+
+    def load_settings(self) -> Settings:
+        return build_settings(
+            self.settings, source=f"phase request ({self.phase})", base_dir=Path(self.base_dir)
+        )
+
+    def resolved_base_model(self) -> ResolvedModel:
+        if self.base_model is None:
+            raise ValueError(f"phase request ({self.phase}) names no base model")
+        values = self.base_model
+        return ResolvedModel(
+            values["model_id"], Path(values["path"]), values["content_hash"], values["source"]
+        )
+
+
+def _shareable_settings(settings: Settings) -> dict[str, Any]:
+    """The settings as JSON with URL credentials and secret values removed: a request travels as a file,
+    an environment variable of a pod spec or a Pipes message, where secrets must never be."""
+    data = settings.model_dump(mode="json")
+    uri = data["mlflow"].get("tracking_uri")
+    if uri:
+        data["mlflow"]["tracking_uri"] = strip_credentials(uri)
+    return json.loads(redact(json.dumps(data)))
+
+
+@dataclass
+class PhaseOutcome:
+    """What a phase produced: the asset's value, its materialization metadata in the Pipes wire format
+    (``{"raw_value": ..., "type": ...}``), and its data version."""
+
+    value: dict[str, Any]
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    data_version: str | None = None
+
+
+def _meta(value: Any, kind: str) -> dict[str, Any]:
+    return {"raw_value": value, "type": kind}
+
+
+def _hf_token() -> str | None:
+    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+
+
+def execute(request: PhaseRequest, run: PhaseRun, log: LogSink = _log) -> PhaseOutcome:
+    """Run the requested phase, logging into ``run``, and return its outcome."""
+    settings = request.load_settings()
+    if request.phase == "finetuning":
+        return _finetune(request, settings, run, log)
+    return _infer(request, settings, run, log)
+
+
+def _finetune(request: PhaseRequest, settings: Settings, run: PhaseRun, log: LogSink) -> PhaseOutcome:
+    from ft_assets.phases.training import load_training_data, train
+
+    base = request.resolved_base_model()
+    output_dir = Path(request.output)
+    token = _hf_token()
+    train_set, validation_set = load_training_data(settings, token)
+    for name, dataset in (("train", train_set), ("validation", validation_set)):
+        if dataset is not None:
+            run.log_dataset(
+                name, dataset.content_hash, dataset.resolved, "training" if name == "train" else "eval"
+            )
+    result = train(
+        settings,
+        base,
+        train_set,
+        validation_set,
+        output_dir=output_dir,
+        checkpoint_root=settings.artifacts_root / "fine_tuned_model" / "checkpoints",
+        on_log=lambda logs, step: run.log_metrics(logs, step=step),
+        hub_token=token,
+    )
+    run.log_metrics({f"final_{k}": v for k, v in result.metrics.items()})
+    processes = world_size()
+    run.log_params(
+        {
+            "device": result.device.device,
+            "dtype": result.device.dtype,
+            "dropped_rows": len(result.dropped_rows),
+            "processes": processes,
+        }
+    )
+    run.log_artifact(output_dir / "loss_curve.png")
+    if settings.mlflow.log_model:
+        run.log_peft_model(output_dir, "fine_tuned_model", None)
+    if result.resumed_from_step:
+        log.info(f"resumed from checkpoint step {result.resumed_from_step}")
+    m = result.metrics
+    log.info(
+        f"trained {int(m['steps'])} steps on {processes} x {result.device.device}: "
+        f"train loss {m['train_loss']:.4f}"
+    )
+    value = {
+        "path": str(output_dir),
+        "merged_path": str(result.merged_dir) if result.merged_dir else None,
+        "base_model_id": base.model_id,
+        "base_model_hash": base.content_hash,
+        "fingerprint": result.fingerprint,
+        "data_versions": {
+            "train": train_set.content_hash,
+            "validation": validation_set.content_hash if validation_set else None,
+        },
+        "metrics": result.metrics,
+    }
+    metadata = {
+        "path": _meta(str(output_dir), "path"),
+        "train_loss": _meta(m["train_loss"], "float"),
+        "eval_loss": _meta(m.get("eval_loss", float("nan")), "float"),
+        "steps": _meta(int(m["steps"]), "int"),
+        "trained_tokens": _meta(int(m["trained_tokens"]), "int"),
+        "tokens_per_s": _meta(m["tokens_per_s"], "float"),
+        "trainable_share": _meta(m["trainable_share"], "float"),
+        "duration_s": _meta(m["duration_s"], "float"),
+        "device": _meta(f"{result.device.device} ({result.device.dtype})", "text"),
+        "processes": _meta(processes, "int"),
+        "dropped_rows": _meta(len(result.dropped_rows), "int"),
+        "resumed_from_step": _meta(result.resumed_from_step or 0, "int"),
+        "loss_curve": _meta(loss_table(result.log_history), "md"),
+    }
+    return PhaseOutcome(value, metadata, data_version=result.fingerprint)
+
+
+def loss_table(log_history: list[dict[str, Any]]) -> str:
+    """Train and validation loss per logged step, as a markdown table."""
+    lines = ["| step | train loss | validation loss |", "|---:|---:|---:|"]
+    for entry in log_history:
+        if "loss" in entry or "eval_loss" in entry:
+            train = f"{entry['loss']:.4f}" if "loss" in entry else ""
+            evaluation = f"{entry['eval_loss']:.4f}" if "eval_loss" in entry else ""
+            lines.append(f"| {entry.get('step', '')} | {train} | {evaluation} |")
+    return "\n".join(lines)
+
+
+def _infer(request: PhaseRequest, settings: Settings, run: PhaseRun, log: LogSink) -> PhaseOutcome:
+    from ft_assets.phases.generation import generate, load_test_data
+    from ft_assets.phases.models import load_chat_template
+
+    if request.model_dir is None or request.model_hash is None:
+        raise ValueError(f"phase request ({request.phase}) names no model directory or model hash")
+    output = Path(request.output)
+    dataset = load_test_data(settings.inferencer, settings.base_dir, _hf_token())
+    run.log_dataset("test", dataset.content_hash, dataset.resolved, "testing")
+    template = load_chat_template(settings.fine_tuner.chat_template, settings.base_dir)
+    result = generate(Path(request.model_dir), dataset, settings.inferencer, output, chat_template=template)
+    run.log_metrics(result.metrics)
+    run.log_params(
+        {"backend": result.backend, "device": result.device.device, "model_hash": request.model_hash}
+    )
+    run.log_artifact(output)
+    log.info(
+        f"{result.rows} rows from {request.model_dir} in {result.duration_s:.1f} s on {result.device.device}"
+    )
+    value = {
+        "path": str(output),
+        "rows": result.rows,
+        "expected_rows": len(dataset.examples),
+        "empty_responses": result.empty_responses,
+        "model_hash": request.model_hash,
+        "dataset_hash": dataset.content_hash,
+        "metrics": result.metrics,
+    }
+    metrics = result.metrics
+    metadata = {
+        "path": _meta(str(output), "path"),
+        "rows": _meta(result.rows, "int"),
+        "rows_per_s": _meta(metrics["rows_per_s"], "float"),
+        "generated_tokens_per_s": _meta(metrics["generated_tokens_per_s"], "float"),
+        "empty_responses": _meta(result.empty_responses, "int"),
+        "finish_reasons": _meta(result.finish_reasons, "json"),
+        "device": _meta(f"{result.device.device} ({result.device.dtype})", "text"),
+    }
+    return PhaseOutcome(value, metadata)
+
+
+# ------------------------------------------------------------------------------- external process
+
+
+def attach_phase_run(phase: str, log: LogSink, *, required: bool) -> PhaseRun:
+    """The orchestrator's child run, from ``MLFLOW_TRACKING_URI``/``MLFLOW_RUN_ID``/``MLFLOW_EXPERIMENT_ID``.
+
+    The run is made active in this process (``log_peft_model`` and transformers' callbacks log into the
+    active run) without system metrics: the orchestrator's side already samples them. Its final status is
+    set by the orchestrator once this process has exited. Without those variables (tracking off in the
+    orchestrator) the returned run is disabled.
+    """
+    run_id, uri = os.environ.get("MLFLOW_RUN_ID"), os.environ.get("MLFLOW_TRACKING_URI")
+    if not run_id or not uri:
+        return PhaseRun(phase, log)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    parent_run_id = client.get_run(run_id).data.tags.get("mlflow.parentRunId")
+    mlflow.set_tracking_uri(uri)
+    mlflow.start_run(run_id=run_id, log_system_metrics=False)
+    return PhaseRun(
+        phase,
+        log,
+        client=client,
+        tracking_uri=uri,
+        experiment_id=os.environ.get("MLFLOW_EXPERIMENT_ID"),
+        run_id=run_id,
+        parent_run_id=parent_run_id,
+        required=required,
+    )
+
+
+def process_rank() -> int:
+    """This process's global rank under torchrun / accelerate launch (0 when launched alone)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    """How many processes train together (1 unless launched by torchrun / accelerate launch)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+@contextlib.contextmanager
+def replica_request(request: PhaseRequest, rank: int) -> Iterator[PhaseRequest]:
+    """The request as a rank other than 0 runs it: same training, output to a private folder removed
+    afterwards, no merge and no hub push, so only rank 0 publishes the asset's output."""
+    output = Path(request.output)
+    private = output.parent / f".{output.name}.rank{rank}"
+    settings = json.loads(json.dumps(request.settings))
+    settings["fine_tuner"].update(push_to_hub=False, merge_adapter=False)
+    try:
+        yield dataclasses.replace(request, output=str(private), settings=settings)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def _request_from_pipes_context() -> PhaseRequest:
+    """The request, read from the injected Pipes context without opening the message channel (which
+    belongs to rank 0)."""
+    from dagster_pipes import PipesDefaultContextLoader, PipesEnvVarParamsLoader
+
+    params = PipesEnvVarParamsLoader().load_context_params()
+    with PipesDefaultContextLoader().load_context(params) as context:
+        return PhaseRequest.from_json(context.get("extras", {}).get(REQUEST_EXTRA))
+
+
+def main() -> None:
+    """Entry point of the external process; see the module docstring."""
+    from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if not PipesEnvVarParamsLoader().is_dagster_pipes_process():
+        raise SystemExit(
+            "ft_assets.phases.remote runs phases launched by the ComputeLauncher resource through Dagster "
+            "Pipes; to run a phase alone use python -m ft_assets.phases.training or "
+            "python -m ft_assets.phases.generation"
+        )
+    rank = process_rank()
+    if rank != 0:
+        request = _request_from_pipes_context()
+        with replica_request(request, rank) as replica:
+            execute(replica, PhaseRun(request.phase, _log), _log)
+        return
+    with open_dagster_pipes() as pipes:
+        request = PhaseRequest.from_json(pipes.get_extra(REQUEST_EXTRA))
+        run = attach_phase_run(request.phase, pipes.log, required=request.tracking_required)
+        outcome = execute(request, run, pipes.log)
+        pipes.report_asset_materialization(metadata=outcome.metadata, data_version=outcome.data_version)
+        pipes.report_custom_message({VALUE_MESSAGE_KEY: outcome.value})
+
+
+if __name__ == "__main__":
+    main()
