@@ -11,7 +11,7 @@ from ft_assets.assets.data import evaluation_dataset
 from ft_assets.config import Settings
 from ft_assets.phases.models import ResolvedModel
 from ft_assets.phases.remote import PhaseRequest
-from ft_assets.resources.launcher import ComputeLauncher
+from ft_assets.resources.launcher import GPU_STEP_TAGS, ComputeLauncher
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import MlflowTracking
 
@@ -49,6 +49,7 @@ def _run_inference(
     kinds={"pytorch", "huggingface", "mlflow"},
     code_version=PHASE_CODE_VERSION,
     pool="gpu",
+    op_tags=GPU_STEP_TAGS,
 )
 def inference_results(
     context: dg.AssetExecutionContext,
@@ -78,6 +79,7 @@ def inference_results(
     kinds={"pytorch", "huggingface", "mlflow"},
     code_version=PHASE_CODE_VERSION,
     pool="gpu",
+    op_tags=GPU_STEP_TAGS,
 )
 def base_inference_results(
     context: dg.AssetExecutionContext,

@@ -8,7 +8,7 @@ from ft_assets.assets.common import PHASE_CODE_VERSION, hf_token, run_output_dir
 from ft_assets.assets.data import training_dataset, validation_dataset
 from ft_assets.phases.models import ResolvedModel
 from ft_assets.phases.remote import PhaseRequest
-from ft_assets.resources.launcher import ComputeLauncher
+from ft_assets.resources.launcher import GPU_STEP_TAGS, ComputeLauncher
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import MlflowTracking
 
@@ -50,6 +50,7 @@ def base_model(context: dg.AssetExecutionContext, settings: PipelineSettings) ->
     kinds={"pytorch", "huggingface", "mlflow"},
     code_version=PHASE_CODE_VERSION,
     pool="gpu",
+    op_tags=GPU_STEP_TAGS,
     owners=["team:ml-platform"],
 )
 def fine_tuned_model(

@@ -25,6 +25,9 @@ from ft_assets.phases.remote import REQUEST_EXTRA, VALUE_MESSAGE_KEY, PhaseOutco
 from ft_assets.tracking import PhaseRun
 
 REMOTE_MODULE = "ft_assets.phases.remote"
+#: Op tags of the GPU assets: under the Celery executor their steps go to the `gpu` queue, which only
+#: workers on GPU machines serve (deploy/celery/celery-executor.yaml). Other executors ignore the tag.
+GPU_STEP_TAGS = {"dagster-celery/queue": "gpu"}
 #: accelerate launch flags that choose the distributed mode themselves.
 _ACCELERATE_MODE_FLAGS = {"--multi_gpu", "--use_fsdp", "--use_deepspeed", "--use_megatron_lm", "--tpu"}
 _CONTAINER_NAME = "ft-assets-phase"

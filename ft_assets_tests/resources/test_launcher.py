@@ -282,3 +282,13 @@ def test_k8s_executor_example_is_valid_run_config() -> None:
     assert dg.validate_run_config(_job(k8s_job_executor), run_config)
     gpu_step = run_config["execution"]["config"]["per_step_k8s_config"]["fine_tuned_model"]
     assert gpu_step["container_config"]["resources"]["limits"]["nvidia.com/gpu"]
+
+
+def test_gpu_assets_keep_the_gpu_pool_whatever_the_launcher() -> None:
+    from ft_assets.resources.launcher import GPU_STEP_TAGS
+
+    for key in ("fine_tuned_model", "inference_results", "base_inference_results"):
+        assets_def = defs.get_assets_def(key)
+        assert assets_def.op.pool == "gpu"  # the step holds the slot while its pod or subprocess runs
+        assert GPU_STEP_TAGS.items() <= assets_def.op.tags.items()
+        assert "launcher" in assets_def.required_resource_keys
