@@ -488,8 +488,12 @@ def _save_merged(
 
 
 def _final_metrics(trainer: Any, output: Any, duration: float, tokens: int) -> dict[str, float]:
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in trainer.model.parameters())
+    if hasattr(trainer.model, "get_nb_trainable_parameters"):
+        # PEFT's count: a 4-bit weight stores two parameters per element, plain numel() halves them
+        trainable, total = trainer.model.get_nb_trainable_parameters()
+    else:
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in trainer.model.parameters())
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return {
         "train_loss": float(losses[-1]) if losses else float(output.training_loss),

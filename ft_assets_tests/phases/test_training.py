@@ -57,6 +57,12 @@ SHORT_ANSWERS = [
 #: Far above max_length = 256 tokens once templated.
 OVERLONG_QUESTION = "The quick brown fox jumps over the lazy dog. " * 60
 MAX_NEW_TOKENS = 16
+#: A Jinja template file for ``chat_template``: ChatML with a default system turn.
+BRIEF_CHATML = (
+    "{%- if messages[0]['role'] != 'system' -%}"
+    "{{ '<|im_start|>system\\nAnswer briefly.<|im_end|>\\n' }}"
+    "{%- endif -%}" + CHATML_TEMPLATE
+)
 
 
 def write_rows(path: Path, pairs: list[tuple[str, str]]) -> Path:
@@ -108,6 +114,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # row 9 is too long for max_length: the shared run drops it
     write_rows(root / "short_plus_overlong.jsonl", [*SHORT_ANSWERS, (OVERLONG_QUESTION, "No.")])
     write_rows(root / "validation.jsonl", SHORT_ANSWERS[:2])
+    (root / "brief_chatml.jinja").write_text(BRIEF_CHATML)
     return root
 
 
@@ -161,6 +168,7 @@ def shared_run(
         save_steps=1000,
         on_bad_rows="drop",
         merge_adapter=True,
+        chat_template=str(data_dir / "brief_chatml.jinja"),
     )
     logs: list[tuple[dict[str, float], int]] = []
     result, train_set = run_training(
@@ -362,8 +370,10 @@ def test_lora_variants_train_and_save_their_adapter(
     tmp_path: Path, model_cache: Path, tiny_model: ResolvedModel, data_dir: Path, method: str
 ) -> None:
     from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
 
     overrides, check = METHODS[method]
+    base_parameters = AutoModelForCausalLM.from_pretrained(tiny_model.path).num_parameters()
     settings = settings_for(tmp_path, model_cache, data_dir / "short.jsonl", max_steps=2, **overrides)
     probe = ModelProbe()
     result, _ = run_training(settings, tiny_model, tmp_path / "out", callbacks=[probe])
@@ -372,6 +382,8 @@ def test_lora_variants_train_and_save_their_adapter(
     check(probe.model, adapter_config)
     assert result.metrics["steps"] == 2
     assert 0 < result.metrics["trainable_share"] < 1
+    # quantized weights count as many parameters as the plain ones (4-bit storage packs two per byte)
+    assert result.metrics["total_params"] == base_parameters + result.metrics["trainable_params"]
     weights = load_file(result.output_dir / "adapter_model.safetensors")
     lora_b = [tensor for name, tensor in weights.items() if "lora_B" in name]
     # B starts at zero: non-zero B means the optimizer really updated the adapter
@@ -447,7 +459,8 @@ def test_outputs_hold_adapter_tokenizer_template_and_metadata(
         "loss_curve.png",
     ):
         assert (out / name).is_file(), name
-    assert (out / "chat_template.jinja").read_text() == CHATML_TEMPLATE
+    # the configured template file, not the base tokenizer's, travels with the adapter
+    assert (out / "chat_template.jinja").read_text() == BRIEF_CHATML
     assert json.loads((out / "tokenizer_config.json").read_text())["eos_token"] == "<|im_end|>"
 
     info = json.loads((out / MODEL_INFO_FILE).read_text())
@@ -457,6 +470,7 @@ def test_outputs_hold_adapter_tokenizer_template_and_metadata(
     assert info["config"] == settings.fine_tuner.model_dump(mode="json")
     assert info["metrics"]["steps"] == 40 and info["eos_token"] == "<|im_end|>"
     assert info["fingerprint"] == result.fingerprint and info["dropped_rows"] == 1
+    assert info["chat_template_source"] == str(data_dir / "brief_chatml.jinja")
     assert [bad.row for bad in result.dropped_rows] == [9]
     # trained rows: the 8 short ones, in 40 steps of 8
     assert result.metrics["trained_tokens"] > 0 and result.metrics["tokens_per_s"] > 0

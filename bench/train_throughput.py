@@ -1,0 +1,248 @@
+"""Training throughput: the project's ``train()`` against a plain TRL SFTTrainer script, side by side.
+
+Same base model, same data (``data/demo/train.jsonl`` as prompt/completion chat records), same LoRA
+hyperparameters (r=16, alpha=32, all-linear, lr 1e-3, batch 8, N steps). Each side runs in its own
+subprocess so its peak RSS is its own. Throughput is non-padding tokens per second (the trainer's
+``num_input_tokens_seen`` with ``include_num_input_tokens_seen="non_padding"``, i.e. the sum of the
+attention masks) read by the same callback on both sides, between the end of step 1 (model warm-up
+excluded) and the end of step N.
+
+The plain script keeps TRL's SFTConfig defaults except what CPU requires (``bf16=False``,
+``use_cpu=True`` off CUDA) and the measurement switch above. So it runs with TRL's default
+``gradient_checkpointing=True``, random sampling and no LoRA dropout, where the project defaults to no
+checkpointing, length-grouped batches and ``lora_dropout=0.05``.
+
+    python bench/train_throughput.py                                  # embedded SmolLM2-135M, 10 steps
+    python bench/train_throughput.py --model embedded:tiny-llama --steps 20
+
+The last line is ``ratio=<platform tokens/s / plain tokens/s>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+RESULT_PREFIX = "BENCH_RESULT "
+LORA = {"rank": 16, "lora_alpha": 32, "target_modules": "all-linear"}
+LEARNING_RATE = 1e-3
+BATCH_SIZE = 8
+
+
+def token_meter() -> Any:
+    """A TrainerCallback that times steps 2..N and counts the non-padding tokens they consumed."""
+    from transformers import TrainerCallback
+
+    class TokenMeter(TrainerCallback):
+        def __init__(self) -> None:
+            self.marks: list[tuple[float, int, int]] = []
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.marks.append((time.perf_counter(), int(state.num_input_tokens_seen or 0), state.global_step))
+
+        def summary(self) -> dict[str, float]:
+            if len(self.marks) < 2:
+                raise SystemExit("need at least 2 training steps to measure throughput (--steps)")
+            (t0, n0, s0), (t1, n1, s1) = self.marks[0], self.marks[-1]
+            return {
+                "measured_steps": s1 - s0,
+                "tokens": n1 - n0,
+                "seconds": t1 - t0,
+                "tokens_per_s": (n1 - n0) / (t1 - t0),
+            }
+
+    return TokenMeter()
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_platform(model_id: str, cache_dir: Path, data: Path, steps: int, scratch: Path) -> dict[str, Any]:
+    from ft_assets.config import build_settings
+    from ft_assets.phases.models import resolve_base_model
+    from ft_assets.phases.training import load_training_data, train
+
+    settings = build_settings(
+        {
+            "fine_tuner": {
+                "base_model_id": model_id,
+                "training_data_id": str(data),
+                "validation_data_id": None,
+                "learning_rate": LEARNING_RATE,
+                "per_device_train_batch_size": BATCH_SIZE,
+                "max_steps": steps,
+                **LORA,
+            },
+            "pipeline": {"artifacts_root": str(scratch / "artifacts"), "model_cache_dir": str(cache_dir)},
+        },
+        source="bench/train_throughput.py",
+        base_dir=PROJECT_ROOT,
+    )
+    base = resolve_base_model(model_id, cache_dir=cache_dir, base_dir=PROJECT_ROOT)
+    train_set, validation_set = load_training_data(settings)
+    meter = token_meter()
+    result = train(
+        settings,
+        base,
+        train_set,
+        validation_set,
+        output_dir=scratch / "adapter",
+        checkpoint_root=scratch / "checkpoints",
+        callbacks=[meter],
+    )
+    config = settings.fine_tuner
+    return {
+        **meter.summary(),
+        "final_loss": result.metrics["train_loss"],
+        "setup": f"gradient_checkpointing={config.gradient_checkpointing}, "
+        f"sampling={'group_by_length' if config.group_by_length else 'random'}, "
+        f"lora_dropout={config.lora_dropout}, dtype={result.device.dtype}",
+    }
+
+
+def run_plain(model_path: Path, data: Path, steps: int, scratch: Path) -> dict[str, Any]:
+    import torch
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    rows = load_dataset("json", data_files=str(data), split="train")
+    rows = rows.map(
+        lambda row: {
+            "prompt": [{"role": "user", "content": row["question"]}],
+            "completion": [{"role": "assistant", "content": row["answer"]}],
+        },
+        remove_columns=rows.column_names,
+    )
+    on_cpu = not torch.cuda.is_available()
+    args = SFTConfig(
+        output_dir=str(scratch / "plain"),
+        max_steps=steps,
+        per_device_train_batch_size=BATCH_SIZE,
+        learning_rate=LEARNING_RATE,
+        report_to="none",
+        include_num_input_tokens_seen="non_padding",
+        # what CPU requires; everything else stays TRL's default
+        **({"bf16": False, "use_cpu": True} if on_cpu else {}),
+    )
+    meter = token_meter()
+    trainer = SFTTrainer(
+        model=str(model_path),
+        args=args,
+        train_dataset=rows,
+        peft_config=LoraConfig(
+            r=LORA["rank"],
+            lora_alpha=LORA["lora_alpha"],
+            target_modules=LORA["target_modules"],
+            task_type="CAUSAL_LM",
+        ),
+        callbacks=[meter],
+    )
+    output = trainer.train()
+    return {
+        **meter.summary(),
+        "final_loss": float(output.training_loss),
+        "setup": f"gradient_checkpointing={args.gradient_checkpointing}, sampling={args.train_sampling_strategy}, "
+        f"lora_dropout=0.0, dtype={next(trainer.model.parameters()).dtype}",
+    }
+
+
+def worker(args: argparse.Namespace) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix=f"bench-{args.worker}-"))
+    if args.worker == "platform":
+        result = run_platform(args.model, args.cache_dir, args.data, args.steps, scratch)
+    else:
+        result = run_plain(args.model_path, args.data, args.steps, scratch)
+    result["peak_rss_mib"] = peak_rss_mib()
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def run_side(name: str, args: argparse.Namespace, model_path: Path) -> dict[str, Any]:
+    command = [
+        sys.executable, __file__, "--worker", name, "--model", args.model, "--model-path", str(model_path),
+        "--cache-dir", str(args.cache_dir), "--data", str(args.data), "--steps", str(args.steps),
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    started = time.perf_counter()
+    completed = subprocess.run(
+        command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, check=False
+    )
+    lines = [line for line in completed.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
+    if completed.returncode != 0 or not lines:
+        sys.stderr.write(completed.stdout[-4000:] + completed.stderr[-4000:])
+        raise SystemExit(f"{name} run failed with exit code {completed.returncode}")
+    result = json.loads(lines[-1].removeprefix(RESULT_PREFIX))
+    result["wall_s"] = time.perf_counter() - started
+    return result
+
+
+def describe(name: str, result: dict[str, Any]) -> str:
+    return (
+        f"{name:>8}: {result['tokens_per_s']:8.1f} non-padding tokens/s "
+        f"({result['tokens']} tokens in {result['seconds']:.1f} s, {result['measured_steps']} steps), "
+        f"peak RSS {result['peak_rss_mib']:.0f} MiB, final loss {result['final_loss']:.3f}, "
+        f"process wall {result['wall_s']:.0f} s; {result['setup']}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="embedded:smollm2-135m-instruct", help="base_model_id")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="alternate the two sides this often; keep the best"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="OMP_NUM_THREADS for both sides (default: unset)"
+    )
+    parser.add_argument("--data", type=Path, default=PROJECT_ROOT / "data" / "demo" / "train.jsonl")
+    parser.add_argument("--cache-dir", type=Path, default=PROJECT_ROOT / "artifacts" / "base_model")
+    parser.add_argument("--worker", choices=["platform", "plain"], help=argparse.SUPPRESS)
+    parser.add_argument("--model-path", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.data = args.data.resolve()
+    if args.worker:
+        worker(args)
+        return
+
+    from ft_assets.phases.models import resolve_base_model
+
+    # convert/build the base model once, before timing anything
+    base = resolve_base_model(args.model, cache_dir=args.cache_dir, base_dir=PROJECT_ROOT)
+    print(
+        f"model {args.model} ({base.path}), data {args.data}, {args.steps} steps, batch {BATCH_SIZE}, "
+        f"LoRA r{LORA['rank']}/alpha{LORA['lora_alpha']} {LORA['target_modules']}, lr {LEARNING_RATE}, "
+        f"OMP_NUM_THREADS={args.threads or os.environ.get('OMP_NUM_THREADS', 'unset')}, os.cpu_count()={os.cpu_count()}"
+    )
+    print(
+        "plain TRL: SFTConfig defaults except bf16=False, use_cpu=True (CPU only); "
+        "tokens/s over steps 2..N, non-padding tokens; best of each side over the repeats"
+    )
+    runs: dict[str, list[dict[str, Any]]] = {"platform": [], "plain": []}
+    for repeat in range(args.repeats):
+        for name, results in runs.items():
+            results.append(run_side(name, args, base.path))
+            print(f"run {repeat + 1}/{args.repeats} " + describe(name, results[-1]).strip(), flush=True)
+    best = {name: max(results, key=lambda r: r["tokens_per_s"]) for name, results in runs.items()}
+    for name, result in best.items():
+        print(describe(name, result))
+    print(f"ratio={best['platform']['tokens_per_s'] / best['plain']['tokens_per_s']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
