@@ -1,6 +1,20 @@
 """Batched generation to JSONL: base model, LoRA adapter or merged model, with the trained chat template.
 
-Rows are generated in batches of similar prompt length (left padding) and written in input order.
+Prompts are rendered with the chat template stored beside the model (a trained adapter's own tokenizer, so
+the template, end-of-turn EOS and system-prompt rules are those it was trained with), tokenised once,
+grouped into batches of similar length (left padding, longest batch first so an out-of-memory batch fails at
+once) and generated with the model's KV cache under ``torch.inference_mode``. An adapter is merged into its
+base before generation: one matmul per layer instead of two. Rows come back in input order.
+
+Each row: ``id``, ``system_prompt``, ``user_prompt``, ``assistant_response``, ``ground_truth``,
+``prompt_tokens``, ``completion_tokens`` (generated tokens, the EOS or the tokens completing a stop string
+included, as vLLM and the OpenAI API count them) and ``finish_reason``: ``eos`` (an EOS token), ``stop``
+(a configured stop string; the text is cut before it) or ``length`` (``max_new_tokens`` reached).
+Rows of a dataset with contexts also carry ``contexts``.
+
+The JSONL is written only after every row is generated, through a temp file renamed into place: a killed
+run publishes nothing, and a rerun replaces the file whole.
+
 ``python -m ft_assets.phases.generation --model DIR --config FILE --output FILE`` runs it alone.
 """
 
@@ -8,9 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +33,19 @@ from typing import Any
 from ft_assets.config import InferencerConfig, load_settings
 from ft_assets.phases.datasets import Example, LoadedDataset, load_dataset
 from ft_assets.phases.io import atomic_file
-from ft_assets.phases.models import MODEL_INFO_FILE, DeviceInfo, ModelError, detect_device, load_tokenizer
+from ft_assets.phases.models import (
+    MODEL_INFO_FILE,
+    DeviceInfo,
+    ModelError,
+    detect_device,
+    load_chat_template,
+    load_tokenizer,
+    model_content_hash,
+)
+
+logger = logging.getLogger(__name__)
+
+FINISH_REASONS = ("eos", "stop", "length")
 
 
 @dataclass
@@ -57,146 +84,255 @@ def read_model_info(model_dir: Path) -> dict[str, Any]:
     return json.loads(info_file.read_text()) if info_file.is_file() else {}
 
 
-def load_for_inference(model_dir: Path, device: DeviceInfo) -> tuple[Any, Any]:
-    """Model and tokenizer for generation. An adapter is loaded onto its base and merged for speed."""
-    import torch
+def adapter_base_path(model_dir: Path) -> Path:
+    """The base model directory an adapter was trained on: ``ft_assets_model.json``, else ``adapter_config.json``."""
+    info = read_model_info(model_dir)
+    base = info.get("base_model_path") or json.loads((model_dir / "adapter_config.json").read_text()).get(
+        "base_model_name_or_path"
+    )
+    if not base:
+        raise ModelError(
+            f"adapter {model_dir} names no base model ({MODEL_INFO_FILE} base_model_path and "
+            "adapter_config.json base_model_name_or_path are both missing)"
+        )
+    base_path = Path(base)
+    if not (base_path / "config.json").is_file():
+        raise ModelError(f"adapter {model_dir} was trained on base model {base_path}, which is not available")
+    expected = info.get("base_model_hash")
+    if expected and model_content_hash(base_path) != expected:
+        raise ModelError(
+            f"adapter {model_dir} expects base model {base_path} with hash {expected}, "
+            "but the files there have changed"
+        )
+    return base_path
+
+
+def _load_adapter(model_dir: Path, device: DeviceInfo) -> Any:
+    """The adapter merged into its base; a base of another shape is a ModelError naming both."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base_path = adapter_base_path(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(
+        base_path, dtype=device.torch_dtype(), device_map=device.device
+    )
+    try:
+        model = PeftModel.from_pretrained(base, model_dir)
+    except RuntimeError as error:  # a shape mismatch: the adapter was trained on another base model
+        first = next(
+            (line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error)
+        )
+        raise ModelError(
+            f"adapter {model_dir} does not fit base model {base_path} "
+            f"(hidden_size {base.config.hidden_size}, {base.config.num_hidden_layers} layers): {first}"
+        ) from None
+    return model.merge_and_unload()
+
+
+def load_for_inference(
+    model_dir: Path, device: DeviceInfo, *, chat_template: tuple[str, str] | None = None
+) -> tuple[Any, Any]:
+    """Model and tokenizer for generation; an adapter is loaded onto its base and merged.
+
+    ``chat_template`` (from ``[fine_tuner] chat_template``) applies to a plain model directory, as training
+    applies it to the base model, so a baseline sees the prompts the fine-tuned model was trained on. A
+    trained output (adapter or merged model with ``ft_assets_model.json``) keeps the template saved with it.
+    """
     from transformers import AutoModelForCausalLM
 
     if not model_dir.is_dir():
         raise ModelError(f"model directory does not exist: {model_dir}")
-    info = read_model_info(model_dir)
-    dtype = device.torch_dtype()
     if (model_dir / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        base_path = Path(info.get("base_model_path") or json.loads(
-            (model_dir / "adapter_config.json").read_text())["base_model_name_or_path"])
-        if not (base_path / "config.json").is_file():
-            raise ModelError(f"adapter {model_dir} was trained on base model {base_path}, which is not available")
-        base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
-        expected = info.get("base_model_hash")
-        if expected:
-            from ft_assets.phases.models import model_content_hash
-
-            if model_content_hash(base_path) != expected:
-                raise ModelError(
-                    f"adapter {model_dir} expects base model {base_path} with hash {expected}, "
-                    "but the files there have changed"
-                )
-        try:
-            model = PeftModel.from_pretrained(base, model_dir).merge_and_unload()
-        except RuntimeError as error:  # shape mismatch: the adapter belongs to another base model
-            raise ModelError(f"adapter {model_dir} does not fit base model {base_path}: {error}") from None
+        model = _load_adapter(model_dir, device)
     elif (model_dir / "config.json").is_file():
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        # Straight onto the device: no full copy in host memory first.
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=device.torch_dtype(), device_map=device.device
+        )
     else:
-        raise ModelError(f"{model_dir} holds neither a model (config.json) nor an adapter (adapter_config.json)")
-    tokenizer = load_tokenizer(model_dir)
-    tokenizer.padding_side = "left"
-    model.to(device.device)
+        raise ModelError(
+            f"{model_dir} holds neither a model (config.json) nor an adapter (adapter_config.json)"
+        )
     model.eval()
-    return model, tokenizer
+    return model, inference_tokenizer(model_dir, chat_template)
 
 
-def _batches(lengths: list[int], batch_size: int) -> Iterable[list[int]]:
-    """Row indices grouped by similar prompt length, so little padding is computed."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+def inference_tokenizer(model_dir: Path, chat_template: tuple[str, str] | None = None) -> Any:
+    """The tokenizer saved in ``model_dir``, left-padding; ``chat_template`` as in :func:`load_for_inference`."""
+    trained = (model_dir / MODEL_INFO_FILE).is_file() or (model_dir.parent / MODEL_INFO_FILE).is_file()
+    tokenizer = load_tokenizer(model_dir, chat_template=None if trained else chat_template)
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def encode_prompts(tokenizer: Any, examples: Sequence[Example]) -> list[list[int]]:
+    """Each example's prompt as token ids: the chat template up to the assistant turn, or a ``text`` row as is."""
+
+    def encode(example: Example) -> list[int]:
+        if example.text is not None:
+            return tokenizer(example.text)["input_ids"]  # the tokenizer's own BOS rule, as in training
+        prompt = tokenizer.apply_chat_template(
+            example.prompt_messages(), tokenize=False, add_generation_prompt=True
+        )
+        # The template already holds any BOS the model expects; adding special tokens again would double it.
+        return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+
+    return [encode(example) for example in examples]
+
+
+def eos_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    """The tokenizer's EOS (the trained end-of-turn token) plus any EOS ids of the model's generation config."""
+    ids = [tokenizer.eos_token_id]
+    configured = getattr(generation_config, "eos_token_id", None)
+    ids += configured if isinstance(configured, list) else [configured]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def output_row(
+    example: Example, response: str, prompt_tokens: int, completion_tokens: int, finish_reason: str
+) -> dict[str, Any]:
+    """One JSONL row (the schema both backends write)."""
+    return {
+        "id": example.id,
+        "system_prompt": example.system_prompt,
+        "user_prompt": example.user_prompt,
+        "assistant_response": response.strip(),
+        "ground_truth": example.ground_truth,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "finish_reason": finish_reason,
+        **({"contexts": list(example.contexts)} if example.contexts else {}),
+    }
+
+
+def _length_batches(lengths: list[int], batch_size: int) -> Iterable[list[int]]:
+    """Row indices in batches of similar prompt length, longest first (little padding; memory errors early)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     for start in range(0, len(order), batch_size):
         yield order[start : start + batch_size]
 
 
-def _generation_kwargs(config: InferencerConfig, tokenizer: Any) -> dict[str, Any]:
+def _generation_kwargs(config: InferencerConfig, tokenizer: Any, model: Any) -> dict[str, Any]:
+    from transformers import StoppingCriteriaList, StopStringCriteria
+
     kwargs: dict[str, Any] = {
         "max_new_tokens": config.max_new_tokens,
         "do_sample": config.do_sample,
         "repetition_penalty": config.repetition_penalty,
-        "eos_token_id": tokenizer.eos_token_id,
+        "eos_token_id": eos_token_ids(tokenizer, model.generation_config),
         "pad_token_id": tokenizer.pad_token_id,
+        "use_cache": True,
     }
     if config.do_sample:
-        kwargs.update(temperature=config.temperature or 1.0, top_p=config.top_p)
-        if config.min_p is not None:
-            kwargs["min_p"] = config.min_p
+        # top_k=0: no top-k cut unless configured (transformers would otherwise apply its default of 50).
+        kwargs.update(temperature=config.temperature or 1.0, top_p=config.top_p, top_k=0, min_p=config.min_p)
     else:
-        kwargs.update(temperature=None, top_p=None, top_k=None)
+        kwargs.update(temperature=None, top_p=None, top_k=None, min_p=None)
     if config.stop_strings:
-        kwargs.update(stop_strings=list(config.stop_strings), tokenizer=tokenizer)
+        # Built once: generate() would rebuild it (a pass over the whole vocabulary) for every batch.
+        kwargs["stopping_criteria"] = StoppingCriteriaList(
+            [StopStringCriteria(tokenizer=tokenizer, stop_strings=list(config.stop_strings))]
+        )
     return kwargs
 
 
-def _finish(tokens: list[int], text: str, eos_id: int, pad_id: int, config: InferencerConfig) -> tuple[str, str, int]:
-    """(response text, finish reason, generated token count) for one row's new tokens."""
-    count = 0
-    reason = "length"
-    for token in tokens:
-        if token == eos_id:
-            reason = "eos"
-            break
-        if token == pad_id and pad_id != eos_id:
-            break
-        count += 1
-    for stop in config.stop_strings:
-        cut = text.find(stop)
-        if cut != -1:
-            return text[:cut], "stop", count
-    return text, reason, count
+def finish(
+    tokens: Sequence[int],
+    eos_ids: Iterable[int],
+    stop_strings: Sequence[str],
+    decode: Callable[[list[int]], str],
+) -> tuple[str, str, int]:
+    """(response text, finish reason, completion token count) of one row's generated tokens.
+
+    After a row finishes, generate() pads it with ``pad_token_id``; that may be the EOS itself (SmolLM2), so
+    the first EOS ends the row and a stop string is looked for in the text before it. A pad token that is
+    not an EOS is skipped by ``decode`` and never counted: a stopped row counts the tokens up to the one
+    completing its stop string, a row that ran to ``length`` produced every token itself.
+    """
+    eos = set(eos_ids)
+    end = next((i for i, token in enumerate(tokens) if token in eos), None)
+    kept = list(tokens if end is None else tokens[:end])
+    text = decode(kept)
+    cuts = [cut for cut in (text.find(stop) for stop in stop_strings) if cut != -1]
+    if cuts:
+        count = next(
+            k for k in range(1, len(kept) + 1) if any(stop in decode(kept[:k]) for stop in stop_strings)
+        )
+        return text[: min(cuts)], "stop", count
+    if end is not None:
+        return text, "eos", end + 1
+    return text, "length", len(kept)
 
 
-def generate_rows(model: Any, tokenizer: Any, examples: list[Example], config: InferencerConfig) -> list[dict[str, Any]]:
-    """One output row per example, in input order."""
+def generate_rows(
+    model: Any, tokenizer: Any, examples: Sequence[Example], config: InferencerConfig
+) -> list[dict[str, Any]]:
+    """One output row per example, in input order (see the module docstring for the row schema)."""
     import torch
 
-    prompts = [
-        tokenizer.apply_chat_template(e.prompt_messages(), tokenize=False, add_generation_prompt=True)
-        for e in examples
-    ]
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    kwargs = _generation_kwargs(config, tokenizer)
-    rows: list[dict[str, Any] | None] = [None] * len(examples)
+    encoded = encode_prompts(tokenizer, examples)
+    kwargs = _generation_kwargs(config, tokenizer, model)
+    eos_ids = kwargs["eos_token_id"]
+
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    rows: list[dict[str, Any]] = [{}] * len(examples)
+    batches = list(_length_batches([len(ids) for ids in encoded], config.batch_size))
     torch.manual_seed(config.seed)
-    for batch in _batches([len(e) for e in encoded], config.batch_size):
-        inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt").to(model.device)
-        output = model.generate(**inputs, **kwargs)
-        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
-        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        for i, tokens, text in zip(batch, new_tokens, texts, strict=True):
-            response, reason, count = _finish(tokens, text, tokenizer.eos_token_id, tokenizer.pad_token_id, config)
-            example = examples[i]
-            rows[i] = {
-                "id": example.id,
-                "system_prompt": example.system_prompt,
-                "user_prompt": example.user_prompt,
-                "assistant_response": response.strip(),
-                "ground_truth": example.ground_truth,
-                "prompt_tokens": len(encoded[i]),
-                "completion_tokens": count,
-                "finish_reason": reason,
-                **({"contexts": list(example.contexts)} if example.contexts else {}),
-            }
-    return [row for row in rows if row is not None]
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for number, batch in enumerate(batches, 1):
+            inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
+            inputs = inputs.to(model.device)
+            output = model.generate(**inputs, **kwargs)
+            new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+            for i, tokens in zip(batch, new_tokens, strict=True):
+                response, reason, count = finish(tokens, eos_ids, config.stop_strings, decode)
+                rows[i] = output_row(examples[i], response, len(encoded[i]), count, reason)
+            logger.info(
+                "batch %d/%d: %d rows, %d prompt tokens, %.1f s elapsed",
+                number,
+                len(batches),
+                len(batch),
+                inputs["input_ids"].shape[1],
+                time.perf_counter() - started,
+            )
+    return rows
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], output_path: Path) -> None:
+    """Publish ``rows`` at ``output_path`` atomically (whole file or nothing; a rerun replaces it)."""
+    with atomic_file(output_path) as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def generate(
-    model_dir: Path, dataset: LoadedDataset, config: InferencerConfig, output_path: Path
+    model_dir: Path,
+    dataset: LoadedDataset,
+    config: InferencerConfig,
+    output_path: Path,
+    *,
+    chat_template: tuple[str, str] | None = None,
 ) -> GenerationResult:
-    """Generate a response for every row of ``dataset`` and publish the JSONL atomically at ``output_path``."""
+    """Generate a response for every row of ``dataset`` and publish the JSONL atomically at ``output_path``.
+
+    ``chat_template``: see :func:`load_for_inference` (HF backend and vLLM alike).
+    """
     device = detect_device(config.device)
     if config.backend == "vllm":
         from ft_assets.phases.vllm_backend import generate_rows_vllm
 
         started = time.perf_counter()
-        rows = generate_rows_vllm(model_dir, dataset.examples, config)
+        rows = generate_rows_vllm(model_dir, dataset.examples, config, chat_template=chat_template)
     else:
-        model, tokenizer = load_for_inference(model_dir, device)
+        model, tokenizer = load_for_inference(model_dir, device, chat_template=chat_template)
         started = time.perf_counter()
         rows = generate_rows(model, tokenizer, dataset.examples, config)
     duration = time.perf_counter() - started
-    with atomic_file(output_path) as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    reasons: dict[str, int] = {}
-    for row in rows:
-        reasons[row["finish_reason"]] = reasons.get(row["finish_reason"], 0) + 1
+    write_jsonl(rows, output_path)
+    reasons = {reason: sum(1 for r in rows if r["finish_reason"] == reason) for reason in FINISH_REASONS}
     return GenerationResult(
         jsonl_path=output_path,
         rows=len(rows),
@@ -213,20 +349,29 @@ def generate(
 def load_test_data(config: InferencerConfig, base_dir: Path, token: str | None = None) -> LoadedDataset:
     """The test split, ground truth optional (reference metrics check for it in preflight)."""
     return load_dataset(
-        config.testing_data_id, config, base_dir=base_dir, split=config.dataset_split,
-        revision=config.dataset_revision, token=token, require_ground_truth=False,
+        config.testing_data_id,
+        config,
+        base_dir=base_dir,
+        split=config.dataset_split,
+        revision=config.dataset_revision,
+        token=token,
+        require_ground_truth=False,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", default=None)
     parser.add_argument("--model", required=True, type=Path)
     parser.add_argument("--output", required=True, type=Path)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = load_settings(args.config)
     dataset = load_test_data(settings.inferencer, settings.base_dir, os.environ.get("HF_TOKEN"))
-    result = generate(args.model, dataset, settings.inferencer, args.output)
+    template = load_chat_template(settings.fine_tuner.chat_template, settings.base_dir)
+    result = generate(args.model, dataset, settings.inferencer, args.output, chat_template=template)
     print(json.dumps({"jsonl": str(result.jsonl_path), **result.metrics}, indent=2))
 
 
