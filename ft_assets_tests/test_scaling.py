@@ -120,12 +120,13 @@ def test_subprocess_launcher_matches_in_process(write_config: Any, tmp_path: Pat
         mine, theirs = local.output_for_node(asset), external.output_for_node(asset)
         assert set(mine) == set(theirs)
         assert mine["path"] != theirs["path"]  # each run writes its own folder
+        assert local.asset_materializations_for_node(asset)[0].metadata["output_path"].value == mine["path"]
         local_meta = local.asset_materializations_for_node(asset)[0].metadata
         external_meta = external.asset_materializations_for_node(asset)[0].metadata
         assert set(local_meta) == set(external_meta)
         for key, value in local_meta.items():
             assert type(value) is type(external_meta[key]), key
-            if key not in TIMING_METADATA | {"path", "mlflow_run_id", "mlflow_parent_run_id"}:
+            if key not in TIMING_METADATA | {"path", "output_path", "mlflow_run_id", "mlflow_parent_run_id"}:
                 assert value == external_meta[key], key
 
     for asset in ("inference_results", "base_inference_results"):

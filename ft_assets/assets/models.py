@@ -37,7 +37,8 @@ def base_model(context: dg.AssetExecutionContext, settings: PipelineSettings) ->
         data_version=dg.DataVersion(model.content_hash),
         metadata={
             "model_id": model.model_id,
-            "path": dg.MetadataValue.path(str(model.path)),
+            # not "path": the IO manager writes its own pickle's path under that key
+            "model_path": dg.MetadataValue.path(str(model.path)),
             "content_hash": model.content_hash,
             "source": model.source,
         },

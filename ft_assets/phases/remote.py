@@ -212,7 +212,7 @@ def _finetune(request: PhaseRequest, settings: Settings, run: PhaseRun, log: Log
         "metrics": result.metrics,
     }
     metadata = {
-        "path": _meta(str(output_dir), "path"),
+        "output_path": _meta(str(output_dir), "path"),
         "train_loss": _meta(m["train_loss"], "float"),
         "eval_loss": _meta(m.get("eval_loss", float("nan")), "float"),
         "steps": _meta(int(m["steps"]), "int"),
@@ -270,7 +270,7 @@ def _infer(request: PhaseRequest, settings: Settings, run: PhaseRun, log: LogSin
     }
     metrics = result.metrics
     metadata = {
-        "path": _meta(str(output), "path"),
+        "output_path": _meta(str(output), "path"),
         "rows": _meta(result.rows, "int"),
         "rows_per_s": _meta(metrics["rows_per_s"], "float"),
         "generated_tokens_per_s": _meta(metrics["generated_tokens_per_s"], "float"),
@@ -328,7 +328,8 @@ def world_size() -> int:
 @contextlib.contextmanager
 def replica_request(request: PhaseRequest, rank: int) -> Iterator[PhaseRequest]:
     """The request as a rank other than 0 runs it: same training, output to a private folder removed
-    afterwards, no merge and no hub push, so only rank 0 publishes the asset's output."""
+    afterwards, no merge and no hub push, so only rank 0 publishes the asset's output (``train()`` publishes
+    from every rank it runs on, and two ranks renaming onto one folder race)."""
     output = Path(request.output)
     private = output.parent / f".{output.name}.rank{rank}"
     settings = json.loads(json.dumps(request.settings))
