@@ -43,7 +43,12 @@ def main() -> int:
     print("\nOutputs of the latest materializations:")
     for asset in ASSETS:
         metadata = _latest_metadata(instance, asset)
-        where = metadata.get("path") or metadata.get("summary_json") or "(not materialized)"
+        where = (
+            metadata.get("output_path")
+            or metadata.get("model_path")
+            or metadata.get("summary_json")
+            or "(not materialized)"
+        )
         print(f"  {asset:<24} {where}")
         if metadata.get("mlflow_run_url"):
             print(f"  {'':<24} MLflow: {metadata['mlflow_run_url']}")
