@@ -1,8 +1,12 @@
-"""Jobs: the whole chain, and one job per phase (each materializes only its own assets)."""
+"""Jobs: the whole chain, and one job per phase (each materializes only its own asset group)."""
 
 from __future__ import annotations
 
 import dagster as dg
+
+#: Asset group of each pipeline phase, in pipeline order (the groups set on the assets).
+PHASE_GROUPS = {"finetuning": "models", "inference": "inference", "evaluation": "evaluation"}
+PHASES = tuple(PHASE_GROUPS)
 
 fine_tune_pipeline = dg.define_asset_job(
     "fine_tune_pipeline",
@@ -10,13 +14,19 @@ fine_tune_pipeline = dg.define_asset_job(
     description="Base model -> fine-tuned model -> inference (fine-tuned and base) -> evaluation report.",
 )
 finetuning_job = dg.define_asset_job(
-    "finetuning_job", selection=dg.AssetSelection.assets("base_model", "fine_tuned_model")
+    "finetuning_job",
+    selection=dg.AssetSelection.groups(PHASE_GROUPS["finetuning"]),
+    description="Resolve the base model and fine-tune it.",
 )
 inference_job = dg.define_asset_job(
-    "inference_job", selection=dg.AssetSelection.assets("inference_results", "base_inference_results")
+    "inference_job",
+    selection=dg.AssetSelection.groups(PHASE_GROUPS["inference"]),
+    description="Batched inference on the test split with the latest fine-tuned model and the base model.",
 )
 evaluation_job = dg.define_asset_job(
-    "evaluation_job", selection=dg.AssetSelection.assets("evaluation_report")
+    "evaluation_job",
+    selection=dg.AssetSelection.groups(PHASE_GROUPS["evaluation"]),
+    description="Score the latest inference results and write the evaluation report.",
 )
 
 ALL_JOBS = [fine_tune_pipeline, finetuning_job, inference_job, evaluation_job]
