@@ -1,0 +1,164 @@
+"""``ft-pipeline``: run the pipeline's phases from the command line (the seed's flags, through Dagster).
+
+Flags override ``[pipeline]`` in the config file; a phase that is disabled or comes after a
+``--stop-after-*`` phase is skipped, which is not a failure. Exit status 0 on success; on failure 1, with a
+one-line reason on stderr. Keys given with ``--hf-key``/``--openai-key`` reach the phases as ``HF_TOKEN`` /
+``OPENAI_API_KEY`` in this process's environment only, and are never echoed, logged or stored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import dagster as dg
+
+from ft_assets.jobs import PHASES
+
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose error messages never echo a value from the command line: a mistyped flag
+    (``--hf-kye hf_...``) would otherwise print the secret after it."""
+
+    _argv: Sequence[str] = ()
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {mask_values(message, self._argv)}\n")
+
+
+def mask_values(message: str, argv: Sequence[str]) -> str:
+    """``message`` with every command-line value (anything but a ``--flag``) replaced by ``***``."""
+    for token in sorted(argv, key=len, reverse=True):
+        value = token.partition("=")[2] if token.startswith("--") else token
+        if value:
+            message = re.sub(rf"(?<![\w-]){re.escape(value)}(?![\w-])", "***", message)
+    return message
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ft-pipeline`` argument parser."""
+    parser = _Parser(
+        prog="ft-pipeline",
+        allow_abbrev=False,
+        description="Fine-tune, run inference and evaluate, as Dagster runs of the ft-assets assets.",
+    )
+    parser.add_argument("--config", help="TOML config (default: $FT_ASSETS_CONFIG or config/pipeline.toml)")
+    parser.add_argument("--hf-key", metavar="KEY", help="Hugging Face token for this run (as HF_TOKEN)")
+    parser.add_argument(
+        "--openai-key", metavar="KEY", help="OpenAI key for LLM-judge metrics (as OPENAI_API_KEY)"
+    )
+    for phase in PHASES:
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument(
+            f"--enable-{phase}",
+            dest=f"enable_{phase}",
+            action="store_const",
+            const=True,
+            help=f"run the {phase} phase ([pipeline] enable_{phase} = true)",
+        )
+        group.add_argument(
+            f"--skip-{phase}",
+            dest=f"enable_{phase}",
+            action="store_const",
+            const=False,
+            help=f"skip the {phase} phase ([pipeline] enable_{phase} = false)",
+        )
+    for phase in PHASES[:-1]:
+        parser.add_argument(
+            f"--stop-after-{phase}",
+            dest=f"stop_after_{phase}",
+            action="store_const",
+            const=True,
+            help=f"stop after the {phase} phase ([pipeline] stop_after_{phase} = true)",
+        )
+    parser.add_argument(
+        "--dagster-home", help="Dagster instance folder (default: $DAGSTER_HOME or .dagster_home)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    return parser
+
+
+def pipeline_overrides(args: argparse.Namespace) -> dict[str, bool]:
+    """The ``[pipeline]`` overrides the flags ask for (flags not given leave the config's value)."""
+    keys = [f"enable_{phase}" for phase in PHASES] + [f"stop_after_{phase}" for phase in PHASES[:-1]]
+    return {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+
+
+def summary(results: dict[str, Any]) -> list[str]:
+    """One line per phase: its status and where its outputs and MLflow runs are."""
+    lines = []
+    for phase, outcome in results["phases"].items():
+        if outcome["status"] == "skipped":
+            lines.append(f"{phase}: skipped ({outcome['reason']})")
+            continue
+        parts = []
+        for name, asset in outcome["assets"].items():
+            value = asset["value"]
+            where = None
+            if isinstance(value, dict):
+                where = value.get("json_path") or value.get("path")
+            run = asset["mlflow_run_url"] or asset["mlflow_run_id"]
+            parts.append(f"{name}" + (f" -> {where}" if where else "") + (f" (MLflow {run})" if run else ""))
+        failed = [name for name, passed in outcome["checks"].items() if not passed]
+        checks = f"; failed checks: {', '.join(failed)}" if failed else ""
+        lines.append(f"{phase}: completed: {'; '.join(parts)}{checks}")
+    if results["dagster_run_id"]:
+        lines.append(
+            f"Dagster run {results['dagster_run_id']}, MLflow parent run {results['mlflow_parent_run_id']}"
+        )
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``ft-pipeline``; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    # Beta notices about Dagster's own decorators say nothing to someone running the pipeline.
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
+    from ft_assets.pipeline import FineTunePipeline
+    from ft_assets.tracking import redact
+
+    overrides = pipeline_overrides(args)
+    try:
+        pipeline = FineTunePipeline(
+            config_path=args.config,
+            hf_key=args.hf_key,
+            openai_key=args.openai_key,
+            overrides={"pipeline": overrides} if overrides else None,
+            dagster_home=args.dagster_home,
+        )
+        try:
+            results = pipeline.run_pipeline()
+        finally:
+            pipeline.close()
+    except KeyboardInterrupt:
+        print("ft-pipeline: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        secrets = [value for value in (args.hf_key, args.openai_key) if value]
+        for value in secrets:
+            reason = reason.replace(value, "***")
+        print(f"ft-pipeline: error: {redact(reason)}", file=sys.stderr)
+        return EXIT_FAILURE
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+    else:
+        print("\n".join(summary(results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
