@@ -46,13 +46,23 @@ lint: install
 ci-job: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster job execute -m ft_assets.definitions -j fine_tune_pipeline -c config/ci.yaml
 
+# dagster dev = webserver + daemon (the daemon runs dataset_change_sensor and the run queue).
+# Materializations link to their MLflow runs when tracking goes through a server: start `make mlflow-ui`,
+# then `make ui MLFLOW_SERVER=http://127.0.0.1:5000` (both use ./mlflow.db).
+MLFLOW_SERVER ?=
 ui: install $(DAGSTER_HOME)/dagster.yaml
-	@echo "Dagster UI: http://$(HOST):$(DAGSTER_PORT)"
-	$(VENV)/bin/dagster dev -h $(HOST) -p $(DAGSTER_PORT) -w workspace.yaml
+	@echo "Dagster UI: http://$(HOST):$(DAGSTER_PORT)  (instance: $(DAGSTER_HOME))"
+	DAGSTER_WEBSERVER_URL=http://$(HOST):$(DAGSTER_PORT) $(if $(MLFLOW_SERVER),MLFLOW_TRACKING_URI=$(MLFLOW_SERVER)) \
+		$(VENV)/bin/dagster dev -h $(HOST) -p $(DAGSTER_PORT) -w workspace.yaml
 
 mlflow-ui: install
-	@echo "MLflow UI: http://$(HOST):$(MLFLOW_PORT)"
-	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host $(HOST) --port $(MLFLOW_PORT)
+	@echo "MLflow UI: http://$(HOST):$(MLFLOW_PORT)  (store: $(MLFLOW_TRACKING_URI))"
+	$(VENV)/bin/mlflow server --backend-store-uri $(MLFLOW_TRACKING_URI) --host $(HOST) --port $(MLFLOW_PORT)
+
+# Real dagster dev + MLflow server + headless Chromium (Debian's `chromium`). Keep the asset graph
+# screenshot for the README with: make e2e FT_ASSETS_SCREENSHOT=$(CURDIR)/docs/asset-graph.png
+e2e: install
+	$(if $(FT_ASSETS_SCREENSHOT),FT_ASSETS_SCREENSHOT=$(FT_ASSETS_SCREENSHOT)) $(VENV)/bin/pytest -q -ra -m e2e ft_assets_tests/e2e
 
 clean:
 	rm -rf artifacts .dagster_home mlflow.db mlartifacts
