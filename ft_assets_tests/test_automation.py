@@ -19,7 +19,7 @@ from ft_assets.automation import (
     snapshot_dataset,
 )
 from ft_assets.definitions import defs
-from ft_assets.phases.datasets import data_version
+from ft_assets.phases.datasets import DatasetError, data_version
 from ft_assets.resources.settings import PipelineSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -221,7 +221,7 @@ def test_a_hub_dataset_is_versioned_by_its_revision_without_a_snapshot(
 def test_a_missing_dataset_fails_the_tick_with_the_path(harness: SensorHarness, datasets: Path) -> None:
     harness.tick()
     (datasets / "train.jsonl").unlink()
-    with pytest.raises(Exception, match=r"train\.jsonl"):
+    with pytest.raises(DatasetError, match=r"dataset file not found: .*train\.jsonl"):
         harness.tick()
 
 

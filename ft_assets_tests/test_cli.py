@@ -139,7 +139,8 @@ def test_keys_are_used_for_the_run_and_stored_nowhere(
         ["inference", "completed"],
         ["evaluation", "completed"],
     ], out
-    # Every request the judge endpoint saw carried the key from the command line.
+    # Any request the judge endpoint saw carried the key from the command line (the tiny model's answers are
+    # mostly empty, and empty answers are scored without a request: the control below is the real proof).
     assert {h.get("authorization") for h in stub.stats.headers} <= {f"Bearer {OPENAI_KEY}"}
 
     # The same evaluation without the key fails before scoring: the successful run above used the key.
