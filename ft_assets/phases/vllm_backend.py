@@ -1,8 +1,11 @@
 """vLLM backend for batched generation (``[inferencer] backend = "vllm"``): same rows, continuous batching.
 
-Needs a CUDA GPU and ``pip install vllm`` (not a project dependency: it pins its own torch build). Not
-exercised by the test suite, which runs on CPU; ``bench/gpu_inference.py`` runs it on a GPU machine where
-vLLM is installed and compares it with the HF path.
+Needs a CUDA GPU and ``pip install vllm`` (not a project dependency: it pins its own torch build). It has
+not been run: the development machines have no GPU, and the GPU machine used for ``bench/gpu_inference.py``
+(an H100) had no vLLM and no network to install it. The code follows vLLM's documented offline API (``LLM``,
+``SamplingParams``, ``LoRARequest``, prompts as ``{"prompt_token_ids": [...]}``, ``CompletionOutput``'s
+``finish_reason``/``stop_reason``); the tests check only its errors without vLLM or CUDA.
+``bench/gpu_inference.py`` runs it beside the HF path wherever ``import vllm`` works.
 
 - A LoRA adapter directory is served as ``LoRARequest`` on its base model (``base_model_path`` in
   ``ft_assets_model.json``, checked against ``base_model_hash`` as the HF path does); ``max_lora_rank`` is
