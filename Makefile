@@ -37,7 +37,7 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 
 test: install
 	$(VENV)/bin/ruff check ft_assets ft_assets_tests bench data
-	$(VENV)/bin/pytest -q -ra
+	$(VENV)/bin/pytest -q -ra -m "not postgres"
 
 lint: install
 	$(VENV)/bin/ruff check ft_assets ft_assets_tests bench data

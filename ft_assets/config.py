@@ -151,6 +151,12 @@ class InferencerConfig(DatasetColumns):
     max_empty_response_share: float = Field(0.0, ge=0.0, le=1.0)
     device: Device = "auto"
 
+    @model_validator(mode="after")
+    def _sampling_needs_temperature(self) -> InferencerConfig:
+        if self.do_sample and self.temperature == 0:
+            raise ValueError("do_sample = true needs temperature > 0 (temperature = 0 means greedy: set do_sample = false)")
+        return self
+
 
 class JudgeConfig(_Section):
     """``[evaluator.judge]``: any OpenAI-compatible endpoint for LLM-judge metrics."""

@@ -190,8 +190,7 @@ def _finetune(request: PhaseRequest, settings: Settings, run: PhaseRun, log: Log
         }
     )
     run.log_artifact(output_dir / "loss_curve.png")
-    if settings.mlflow.log_model:
-        run.log_peft_model(output_dir, "fine_tuned_model", None)
+    model_uri = run.log_peft_model(output_dir, "fine_tuned_model") if settings.mlflow.log_model else None
     if result.resumed_from_step:
         log.info(f"resumed from checkpoint step {result.resumed_from_step}")
     m = result.metrics
@@ -210,6 +209,7 @@ def _finetune(request: PhaseRequest, settings: Settings, run: PhaseRun, log: Log
             "validation": validation_set.content_hash if validation_set else None,
         },
         "metrics": result.metrics,
+        "mlflow_model_uri": model_uri,
     }
     metadata = {
         "output_path": _meta(str(output_dir), "path"),

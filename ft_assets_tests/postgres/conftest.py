@@ -23,10 +23,6 @@ from typing import Any
 import pytest
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "postgres: tests that start a real PostgreSQL server")
-
-
 @dataclass(frozen=True)
 class Postgres:
     host: str
