@@ -32,7 +32,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	cp dagster.yaml $@
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster job execute -m ft_assets.definitions -j fine_tune_pipeline
+	MLFLOW_UI_URL=http://$(HOST):$(MLFLOW_PORT) $(VENV)/bin/dagster job execute -m ft_assets.definitions -j fine_tune_pipeline
 	$(PY) -m ft_assets.report_demo
 
 test: install
@@ -47,12 +47,13 @@ ci-job: install $(DAGSTER_HOME)/dagster.yaml
 	$(VENV)/bin/dagster job execute -m ft_assets.definitions -j fine_tune_pipeline -c config/ci.yaml
 
 # dagster dev = webserver + daemon (the daemon runs dataset_change_sensor and the run queue).
-# Materializations link to their MLflow runs when tracking goes through a server: start `make mlflow-ui`,
-# then `make ui MLFLOW_SERVER=http://127.0.0.1:5000` (both use ./mlflow.db).
+# Materializations link to their runs in the MLflow UI that `make mlflow-ui` serves from ./mlflow.db
+# (MLFLOW_UI_URL); to track through that server instead: `make ui MLFLOW_SERVER=http://127.0.0.1:5000`.
 MLFLOW_SERVER ?=
 ui: install $(DAGSTER_HOME)/dagster.yaml
 	@echo "Dagster UI: http://$(HOST):$(DAGSTER_PORT)  (instance: $(DAGSTER_HOME))"
-	DAGSTER_WEBSERVER_URL=http://$(HOST):$(DAGSTER_PORT) $(if $(MLFLOW_SERVER),MLFLOW_TRACKING_URI=$(MLFLOW_SERVER)) \
+	DAGSTER_WEBSERVER_URL=http://$(HOST):$(DAGSTER_PORT) MLFLOW_UI_URL=http://$(HOST):$(MLFLOW_PORT) \
+		$(if $(MLFLOW_SERVER),MLFLOW_TRACKING_URI=$(MLFLOW_SERVER)) \
 		$(VENV)/bin/dagster dev -h $(HOST) -p $(DAGSTER_PORT) -w workspace.yaml
 
 mlflow-ui: install

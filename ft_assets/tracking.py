@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+#: Where an MLflow UI serves a non-http store (sqlite), so runs still get clickable links.
+MLFLOW_UI_URL_ENV = "MLFLOW_UI_URL"
 PHASES = ("finetuning", "inference", "baseline_inference", "evaluation", "promotion")
 SECRET_ENV_VARS = (
     "HF_TOKEN",
@@ -635,11 +637,15 @@ class PhaseRun:
 
     @property
     def url(self) -> str | None:
-        """Link to the run in the tracking server's UI (http(s) stores only)."""
-        if not self.enabled or not str(self.tracking_uri).startswith(("http://", "https://")):
+        """Link to the run in the tracking server's UI: the server itself for http(s) stores, else the
+        UI that ``MLFLOW_UI_URL`` names (e.g. ``make mlflow-ui`` serving the same sqlite store)."""
+        if not self.enabled:
             return None
-        base = strip_credentials(str(self.tracking_uri)).rstrip("/")
-        return f"{base}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        uri = str(self.tracking_uri)
+        base = uri if uri.startswith(("http://", "https://")) else os.environ.get(MLFLOW_UI_URL_ENV, "")
+        if not base:
+            return None
+        return f"{strip_credentials(base).rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
 
     @contextmanager
     def _guard(self, action: str) -> Iterator[MlflowClient]:

@@ -402,3 +402,18 @@ def test_failure_sensor_fails_the_parent_after_a_non_phase_step_fails(
     assert parent.info.status == "FAILED"
     assert parent.data.tags["ft_assets.failed_phase"] == "orchestrator"
     assert result.run_id in parent.data.tags["error_message"]
+
+
+def test_sqlite_runs_link_to_the_mlflow_ui_named_by_mlflow_ui_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tracking = MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", log_system_metrics=False)
+    plan = Plan(base_dir=str(tmp_path))
+    without = _materialize(tracking, plan, selection=["trained"]).asset_materializations_for_node("trained")[0]
+    assert "mlflow_run_url" not in without.metadata
+    monkeypatch.setenv("MLFLOW_UI_URL", "http://127.0.0.1:5000/")
+    result = _materialize(tracking, plan, selection=["trained"])
+    metadata = result.asset_materializations_for_node("trained")[0].metadata
+    run_id = metadata["mlflow_run_id"].value
+    assert metadata["mlflow_run_url"].value.startswith("http://127.0.0.1:5000/#/experiments/")
+    assert metadata["mlflow_run_url"].value.endswith(f"/runs/{run_id}")
