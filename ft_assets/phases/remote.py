@@ -21,13 +21,10 @@ This module imports ``dagster_pipes`` (the dependency-free protocol package), ne
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import os
-import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -325,21 +322,6 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-@contextlib.contextmanager
-def replica_request(request: PhaseRequest, rank: int) -> Iterator[PhaseRequest]:
-    """The request as a rank other than 0 runs it: same training, output to a private folder removed
-    afterwards, no merge and no hub push, so only rank 0 publishes the asset's output (``train()`` publishes
-    from every rank it runs on, and two ranks renaming onto one folder race)."""
-    output = Path(request.output)
-    private = output.parent / f".{output.name}.rank{rank}"
-    settings = json.loads(json.dumps(request.settings))
-    settings["fine_tuner"].update(push_to_hub=False, merge_adapter=False)
-    try:
-        yield dataclasses.replace(request, output=str(private), settings=settings)
-    finally:
-        shutil.rmtree(private, ignore_errors=True)
-
-
 def _request_from_pipes_context() -> PhaseRequest:
     """The request, read from the injected Pipes context without opening the message channel (which
     belongs to rank 0)."""
@@ -363,9 +345,9 @@ def main() -> None:
         )
     rank = process_rank()
     if rank != 0:
+        # Other ranks train alongside rank 0 untracked; train() publishes from rank 0 alone.
         request = _request_from_pipes_context()
-        with replica_request(request, rank) as replica:
-            execute(replica, PhaseRun(request.phase, _log), _log)
+        execute(request, PhaseRun(request.phase, _log), _log)
         return
     with open_dagster_pipes() as pipes:
         request = PhaseRequest.from_json(pipes.get_extra(REQUEST_EXTRA))

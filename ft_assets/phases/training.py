@@ -162,7 +162,10 @@ def _load_model(base: ResolvedModel, config: FineTunerConfig, device: DeviceInfo
             )
         kwargs["quantization_config"] = quantization
         # bitsandbytes quantizes while loading, on the device the weights are placed on
-        kwargs["device_map"] = {"": 0} if device.device == "cuda" else {"": "cpu"}
+        # each DDP rank quantizes onto its own GPU
+        kwargs["device_map"] = (
+            {"": int(os.environ.get("LOCAL_RANK", 0))} if device.device == "cuda" else {"": "cpu"}
+        )
     model = AutoModelForCausalLM.from_pretrained(base.path, **kwargs)
     if quantization is not None:
         from peft import prepare_model_for_kbit_training
@@ -444,17 +447,21 @@ def train(
         "dropped_rows": len(dropped),
     }
     merge = config.merge_adapter and config.method == "lora"
-    with atomic_directory(output_dir) as scratch:
-        trainer.model.save_pretrained(scratch)
-        tokenizer.save_pretrained(scratch)
-        if merge:
-            _save_merged(base, scratch, scratch / MERGED_SUBDIR, tokenizer, device)
-            info["merged_subdir"] = MERGED_SUBDIR
-        write_json(scratch / MODEL_INFO_FILE, info)
-        write_json(scratch / "log_history.json", log_history)
-        _save_loss_plot(log_history, scratch / "loss_curve.png")
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    hub_url = _push_to_hub(output_dir, config, hub_token) if config.push_to_hub else None
+    hub_url = None
+    # Under DDP/FSDP every rank trains, but only the main process publishes, cleans up and pushes.
+    if trainer.is_world_process_zero():
+        with atomic_directory(output_dir) as scratch:
+            trainer.model.save_pretrained(scratch)
+            tokenizer.save_pretrained(scratch)
+            if merge:
+                _save_merged(base, scratch, scratch / MERGED_SUBDIR, tokenizer, device)
+                info["merged_subdir"] = MERGED_SUBDIR
+            write_json(scratch / MODEL_INFO_FILE, info)
+            write_json(scratch / "log_history.json", log_history)
+            _save_loss_plot(log_history, scratch / "loss_curve.png")
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        hub_url = _push_to_hub(output_dir, config, hub_token) if config.push_to_hub else None
+    trainer.accelerator.wait_for_everyone()
     return TrainingResult(
         output_dir=output_dir,
         merged_dir=output_dir / MERGED_SUBDIR if merge else None,
