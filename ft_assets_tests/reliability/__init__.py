@@ -1,0 +1,1 @@
+"""Reliability and security: bad inputs, injected faults, concurrent runs, memory bounds, secret audits."""

@@ -1,0 +1,176 @@
+"""Fuzzing the two input parsers: any config or dataset gives a usable result or the project's own error.
+
+Hypothesis builds random configs (real section and key names mixed with unknown ones, values of every JSON
+type) for :func:`ft_assets.config.build_settings`, and random JSONL files (rows of every known format,
+broken rows, garbage lines) for :func:`ft_assets.phases.datasets.load_dataset`. A usable result is one the
+next steps can consume: the settings resolve their MLflow options and flatten to params; every example has a
+user turn, a ground truth when one is required, and text that can be written as UTF-8.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from ft_assets.config import ConfigError, DatasetColumns, Settings, build_settings
+from ft_assets.phases.datasets import DatasetError, load_dataset, to_trl_records
+from ft_assets.tracking import TrackingOptions
+
+FUZZ = settings(
+    max_examples=200,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+SECTIONS = {
+    name: list(Settings.model_fields[name].annotation.model_fields)  # type: ignore[union-attr]
+    for name in ("fine_tuner", "inferencer", "evaluator", "mlflow", "pipeline")
+}
+TRICKY_STRINGS = [
+    "",
+    " ",
+    "${FT_FUZZ_UNSET}",
+    "${",
+    "$",
+    "..",
+    "/",
+    "a//b",
+    "rouge_score",
+    "embedded:x",
+    "\x00",
+]
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(TRICKY_STRINGS),
+)
+json_values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@st.composite
+def section(draw: st.DrawFn, name: str) -> dict[str, Any]:
+    keys = st.sampled_from(SECTIONS[name]) | st.text(max_size=10)
+    values = json_values
+    if name == "evaluator":
+        metric = st.sampled_from(["bleu_score", "rouge_score", "exact_match", "answer_accuracy", "nope"])
+        values = json_values | st.lists(metric, max_size=3) | st.dictionaries(metric, json_values, max_size=2)
+    return draw(st.dictionaries(keys, values, max_size=5))
+
+
+configs = st.dictionaries(
+    st.sampled_from(list(SECTIONS)) | st.text(max_size=10),
+    st.sampled_from(list(SECTIONS)).flatmap(section) | json_values,
+    max_size=5,
+)
+
+
+@FUZZ
+@given(configs)
+@example({"fine_tuner": {"rank": 2**70}})
+@example({"evaluator": {"metrics": [], "primary_metric": "x"}})
+@example({"mlflow": {"experiment_name": "", "tracking_uri": "${FT_FUZZ_UNSET}"}})
+@example({"evaluator": {"judge": {"timeout_s": float("nan")}}})
+@example({"fine_tuner": [1, 2]})
+def test_config_loader_gives_settings_or_a_config_error(data: dict[str, Any]) -> None:
+    try:
+        loaded = build_settings(data, source="fuzz.toml")
+    except ConfigError as error:
+        assert "fuzz.toml" in str(error), str(error)
+        return
+    assert isinstance(loaded.flat_params(), dict)
+    try:
+        options = TrackingOptions.resolve(loaded)
+        options.parent_run_name("fuzz")
+    except ConfigError as error:
+        assert str(error)
+
+
+ROW_KEYS = [
+    "question", "answer", "system", "id", "contexts", "messages", "conversations", "instruction", "input",
+    "output", "prompt", "completion", "text",
+]  # fmt: skip
+roles = st.sampled_from(["system", "user", "assistant", "human", "gpt", "robot", ""]) | st.integers()
+messages = st.lists(
+    st.fixed_dictionaries({"role": roles, "content": json_values | st.text(max_size=10)})
+    | st.fixed_dictionaries({"from": roles, "value": st.text(max_size=10)})
+    | json_values,
+    max_size=4,
+)
+rows = st.one_of(
+    st.dictionaries(st.sampled_from(ROW_KEYS), st.text(max_size=20) | messages | json_values, max_size=6),
+    json_values,
+)
+lines = st.lists(rows.map(json.dumps) | st.text(max_size=30).filter(lambda t: "\n" not in t), max_size=8)
+columns = st.builds(
+    DatasetColumns,
+    dataset_format=st.sampled_from(
+        ["auto", "qa", "messages", "sharegpt", "alpaca", "prompt_completion", "text"]
+    ),
+    system_prompt_column=st.none() | st.sampled_from(["system", "id", "missing"]),
+    system_prompt_override_text=st.none() | st.text(max_size=6),
+    on_bad_rows=st.sampled_from(["error", "drop"]),
+)
+
+
+def _utf8(text: str | None) -> None:
+    if text is not None:
+        text.encode("utf-8")  # the inference JSONL and the tokenizer need valid UTF-8 text
+
+
+@FUZZ
+@given(lines=lines, columns=columns, labelled=st.booleans())
+@example(
+    lines=['{"messages": [{"role": "user", "content": "hi"}]}'], columns=DatasetColumns(), labelled=False
+)
+def test_dataset_loader_gives_examples_or_a_dataset_error(
+    lines: list[str], columns: DatasetColumns, labelled: bool
+) -> None:
+    check_dataset(lines, columns, labelled)
+
+
+def test_deeply_nested_json_is_a_dataset_error() -> None:
+    """A JSON line nested deeper than the parser's recursion limit is a malformed row, not a crash."""
+    check_dataset(['{"question": ' + "[" * 3000 + "]" * 3000 + ', "answer": "x"}'], DatasetColumns(), True)
+
+
+def test_text_that_is_not_valid_unicode_is_a_bad_row() -> None:
+    """JSON allows a lone UTF-16 surrogate (``\\ud800``); no tokenizer or UTF-8 file can take it."""
+    check_dataset(['{"question": "a\\ud800", "answer": "b"}'], DatasetColumns(), True)
+
+
+def check_dataset(lines: list[str], columns: DatasetColumns, labelled: bool) -> None:
+    """Load ``lines`` as a JSONL file: a DatasetError naming the file, or examples the phases can use."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "fuzz.jsonl"
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8", errors="surrogatepass")
+        try:
+            loaded = load_dataset(path.name, columns, base_dir=Path(folder), require_ground_truth=labelled)
+        except DatasetError as error:
+            assert str(path) in str(error), str(error)
+            return
+    assert loaded.examples and len(loaded.examples) + len(loaded.bad_rows) <= loaded.num_rows
+    for item in loaded.examples:
+        _utf8(item.user_prompt)
+        _utf8(item.system_prompt)
+        _utf8(item.ground_truth)
+        for turn in item.messages:
+            _utf8(turn["content"])
+        if labelled and item.text is None:
+            assert item.ground_truth is not None
+    if labelled:
+        assert len(to_trl_records(loaded.examples)) == len(loaded.examples)
