@@ -39,25 +39,31 @@ BATCH_SIZE = 8
 
 
 def token_meter() -> Any:
-    """A TrainerCallback that times steps 2..N and counts the non-padding tokens they consumed."""
+    """A TrainerCallback that times steps 2..N and counts the non-padding tokens they consumed.
+
+    Besides wall time it keeps the process CPU time: on a shared machine with one thread per side
+    (``--threads 1``), tokens per CPU-second measure the work each side does, whatever the load.
+    """
     from transformers import TrainerCallback
 
     class TokenMeter(TrainerCallback):
         def __init__(self) -> None:
-            self.marks: list[tuple[float, int, int]] = []
+            self.marks: list[tuple[float, float, int, int]] = []
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.marks.append((time.perf_counter(), int(state.num_input_tokens_seen or 0), state.global_step))
+            tokens = int(state.num_input_tokens_seen or 0)
+            self.marks.append((time.perf_counter(), time.process_time(), tokens, state.global_step))
 
         def summary(self) -> dict[str, float]:
             if len(self.marks) < 2:
                 raise SystemExit("need at least 2 training steps to measure throughput (--steps)")
-            (t0, n0, s0), (t1, n1, s1) = self.marks[0], self.marks[-1]
+            (t0, c0, n0, s0), (t1, c1, n1, s1) = self.marks[0], self.marks[-1]
             return {
                 "measured_steps": s1 - s0,
                 "tokens": n1 - n0,
                 "seconds": t1 - t0,
                 "tokens_per_s": (n1 - n0) / (t1 - t0),
+                "tokens_per_cpu_s": (n1 - n0) / (c1 - c0),
             }
 
     return TokenMeter()
@@ -192,7 +198,8 @@ def run_side(name: str, args: argparse.Namespace, model_path: Path) -> dict[str,
 def describe(name: str, result: dict[str, Any]) -> str:
     return (
         f"{name:>8}: {result['tokens_per_s']:8.1f} non-padding tokens/s "
-        f"({result['tokens']} tokens in {result['seconds']:.1f} s, {result['measured_steps']} steps), "
+        f"({result['tokens']} tokens in {result['seconds']:.1f} s, {result['measured_steps']} steps; "
+        f"{result['tokens_per_cpu_s']:.1f} per CPU-second), "
         f"peak RSS {result['peak_rss_mib']:.0f} MiB, final loss {result['final_loss']:.3f}, "
         f"process wall {result['wall_s']:.0f} s; {result['setup']}"
     )
@@ -241,6 +248,10 @@ def main() -> None:
     best = {name: max(results, key=lambda r: r["tokens_per_s"]) for name, results in runs.items()}
     for name, result in best.items():
         print(describe(name, result))
+    cpu_best = {name: max(r["tokens_per_cpu_s"] for r in results) for name, results in runs.items()}
+    print(
+        f"cpu_ratio={cpu_best['platform'] / cpu_best['plain']:.3f} (tokens per CPU-second, best of each side)"
+    )
     print(f"ratio={best['platform']['tokens_per_s'] / best['plain']['tokens_per_s']:.3f}")
 
 
