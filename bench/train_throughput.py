@@ -165,11 +165,11 @@ def run_plain(model_path: Path, data: Path, steps: int, scratch: Path) -> dict[s
 
 
 def worker(args: argparse.Namespace) -> None:
-    scratch = Path(tempfile.mkdtemp(prefix=f"bench-{args.worker}-"))
-    if args.worker == "platform":
-        result = run_platform(args.model, args.cache_dir, args.data, args.steps, scratch)
-    else:
-        result = run_plain(args.model_path, args.data, args.steps, scratch)
+    with tempfile.TemporaryDirectory(prefix=f"bench-{args.worker}-") as tmp:
+        if args.worker == "platform":
+            result = run_platform(args.model, args.cache_dir, args.data, args.steps, Path(tmp))
+        else:
+            result = run_plain(args.model_path, args.data, args.steps, Path(tmp))
     result["peak_rss_mib"] = peak_rss_mib()
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
