@@ -17,9 +17,9 @@ row or column at fault:
 * MLflow: the URI's scheme, the experiment and run names, and whether the store answers
   (:class:`~ft_assets.tracking.TrackingUnavailableError`, or a warning with ``[mlflow] required = false``).
 
-Nothing here loads model weights, trains, generates or writes outputs; a preflight of the CI config takes a
-few seconds, most of them importing the tokenizer library. ``python -m ft_assets.preflight --config FILE``
-runs it alone.
+Nothing here loads model weights, trains, generates or writes outputs (the only folder it may create is a
+sqlite MLflow store's, as the run would); a preflight of the CI config takes a few seconds, most of them
+importing the tokenizer library. ``python -m ft_assets.preflight --config FILE`` runs it alone.
 """
 
 from __future__ import annotations
