@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ft_assets.definitions import defs
+from ft_assets import definitions as code_location
 from ft_assets_tests.helpers import pipeline_resources
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +23,7 @@ PHASE_ASSETS = ("fine_tuned_model", "inference_results", "base_inference_results
 def materialize_chain(
     config_path: Path, instance: dg.DagsterInstance, **run_config: Any
 ) -> dg.ExecuteInProcessResult:
-    job = defs.resolve_job_def("fine_tune_pipeline")
+    job = code_location.defs.resolve_job_def("fine_tune_pipeline")
     return job.execute_in_process(
         instance=instance,
         resources=pipeline_resources(config_path),
@@ -113,37 +113,62 @@ def test_rerun_writes_a_new_run_folder_and_keeps_the_old(write_config: Any) -> N
     assert second.output_for_node("evaluation_report")["base_summary"] == {}
 
 
-def test_dagster_job_execute_cli(write_config: Any, tmp_path: Path) -> None:
-    config = write_config()
+#: The same assets as a job on the multiprocess executor (a process per step), for the CLI test below:
+#: steps in separate processes must still share one MLflow parent run.
+multiprocess_defs = dg.Definitions.merge(
+    code_location.defs,
+    dg.Definitions(
+        jobs=[
+            dg.define_asset_job(
+                "fine_tune_pipeline_multiprocess",
+                selection=dg.AssetSelection.all(),
+                executor_def=dg.multiprocess_executor,
+            )
+        ]
+    ),
+)
+
+
+@pytest.mark.parametrize(
+    ("module", "job", "through_server"),
+    [
+        ("ft_assets.definitions", "fine_tune_pipeline", False),
+        ("ft_assets_tests.test_chain", "fine_tune_pipeline_multiprocess", True),
+    ],
+    ids=["in-process-executor-sqlite", "multiprocess-executor-mlflow-server"],
+)
+def test_dagster_job_execute_cli(
+    write_config: Any,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    module: str,
+    job: str,
+    through_server: bool,
+) -> None:
+    tracking_uri = request.getfixturevalue("mlflow_server").url if through_server else None
+    config = write_config({"mlflow": {"tracking_uri": tracking_uri}} if tracking_uri else None)
+    tracking_uri = tracking_uri or f"sqlite:///{tmp_path / 'mlflow.db'}"
     home = tmp_path / "dagster_home"
     home.mkdir()
     (home / "dagster.yaml").write_text((PROJECT_ROOT / "dagster.yaml").read_text())
     run_config = tmp_path / "run.yaml"
     run_config.write_text(f"resources:\n  settings:\n    config:\n      config_path: {config}\n")
-    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    experiment = f"cli-{tmp_path.name}"
+    env = {**os.environ, "DAGSTER_HOME": str(home), "MLFLOW_EXPERIMENT_NAME": experiment}
+    dagster = str(Path(sys.executable).parent / "dagster")
     completed = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "dagster"),
-            "job",
-            "execute",
-            "-m",
-            "ft_assets.definitions",
-            "-j",
-            "fine_tune_pipeline",
-            "-c",
-            str(run_config),
-        ],
+        [dagster, "job", "execute", "-m", module, "-j", job, "-c", str(run_config)],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=900,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     instance = dg.DagsterInstance.from_config(str(home))
     runs = instance.get_runs()
     assert len(runs) == 1 and runs[0].status == dg.DagsterRunStatus.SUCCESS
-    assert_run_tree(f"sqlite:///{tmp_path / 'mlflow.db'}", "fine-tune-pipeline-ci", runs[0].run_id)
+    assert_run_tree(tracking_uri, experiment, runs[0].run_id)
 
 
 @pytest.mark.parametrize(
@@ -158,7 +183,7 @@ def test_config_errors_fail_the_run_with_the_precise_message(
     write_config: Any, override: dict, message: str
 ) -> None:
     config = write_config(override)
-    result = defs.resolve_job_def("finetuning_job").execute_in_process(
+    result = code_location.defs.resolve_job_def("finetuning_job").execute_in_process(
         instance=dg.DagsterInstance.ephemeral(),
         resources=pipeline_resources(config),
         raise_on_error=False,
