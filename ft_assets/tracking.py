@@ -519,7 +519,10 @@ def _artifact_location(uri: str, experiment_name: str) -> str | None:
     if not uri.startswith("sqlite:///"):
         return None
     database = Path(uri[len("sqlite:///") :])
-    return (database.parent / "mlartifacts" / re.sub(r"[^A-Za-z0-9_.\-]", "_", experiment_name)).as_uri()
+    folder = re.sub(r"[^A-Za-z0-9_.\-]", "_", experiment_name)
+    if set(folder) <= {"."}:  # "." and ".." would share or leave the mlartifacts folder
+        folder = folder.replace(".", "_")
+    return (database.parent / "mlartifacts" / folder).as_uri()
 
 
 def _experiment_id(client: MlflowClient, uri: str, name: str, source: str) -> str:

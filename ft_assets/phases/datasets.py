@@ -196,6 +196,8 @@ def _read_jsonl(path: Path) -> RawRows:
                 raise DatasetError(
                     f"{path}: line {number}: malformed JSON ({error.msg} at column {error.colno})"
                 ) from None
+            except RecursionError:
+                raise DatasetError(f"{path}: line {number}: JSON nested too deeply to read") from None
     return rows
 
 
@@ -204,6 +206,8 @@ def _read_json(path: Path) -> RawRows:
         document = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as error:
         raise DatasetError(f"{path}: malformed JSON ({error.msg} at line {error.lineno})") from None
+    except RecursionError:
+        raise DatasetError(f"{path}: JSON nested too deeply to read") from None
     if isinstance(document, Mapping) and isinstance(document.get("data"), list):
         document = document["data"]
     if not isinstance(document, list):
@@ -342,11 +346,20 @@ def _text_field(row: Mapping[str, Any], column: str, *, required: bool) -> str |
         return None
     if not isinstance(value, str):
         raise _BadField(column, f"expected a string, got {type(value).__name__}")
+    _check_encodable(value, column)
     if not value.strip():
         if required:
             raise _BadField(column, "empty value")
         return None
     return value
+
+
+def _check_encodable(text: str, column: str) -> None:
+    """JSON admits lone UTF-16 surrogates, which no tokenizer or UTF-8 output can take."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise _BadField(column, f"invalid Unicode (lone surrogate at character {error.start})") from None
 
 
 def _conversation(value: Any, column: str) -> list[dict[str, str]]:
@@ -370,6 +383,7 @@ def _conversation(value: Any, column: str) -> list[dict[str, str]]:
         content = message.get(content_key)
         if not isinstance(content, str):
             raise _BadField(column, f"{where}.{content_key}: expected a string, got {type(content).__name__}")
+        _check_encodable(content, f"{column} {where}.{content_key}")
         if not content.strip():
             raise _BadField(column, f"{where}.{content_key}: empty {role} message")
         turns.append({"role": role, "content": content})
