@@ -24,6 +24,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     deps=[evaluation_dataset],
     kinds={"mlflow", "excel", "json"},
     code_version=PHASE_CODE_VERSION,
+    owners=["team:ml-platform"],
 )
 def evaluation_report(
     context: dg.AssetExecutionContext,
@@ -107,7 +108,9 @@ def evaluation_report(
     )
 
 
-@dg.asset(group_name="evaluation", kinds={"mlflow"}, code_version=PHASE_CODE_VERSION)
+@dg.asset(
+    group_name="evaluation", kinds={"mlflow"}, code_version=PHASE_CODE_VERSION, owners=["team:ml-platform"]
+)
 def promoted_model(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,

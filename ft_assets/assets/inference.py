@@ -43,14 +43,19 @@ def _run_inference(
     return result.output(tracking)
 
 
-@dg.asset(
-    group_name="inference",
-    deps=[evaluation_dataset],
-    kinds={"pytorch", "huggingface", "mlflow"},
-    code_version=PHASE_CODE_VERSION,
-    pool="gpu",
-    op_tags=GPU_STEP_TAGS,
-)
+#: Both inference assets: same group, inputs, kinds and GPU pool.
+_INFERENCE_ASSET: dict[str, Any] = {
+    "group_name": "inference",
+    "deps": [evaluation_dataset],
+    "kinds": {"pytorch", "huggingface", "mlflow"},
+    "code_version": PHASE_CODE_VERSION,
+    "pool": "gpu",
+    "op_tags": GPU_STEP_TAGS,
+    "owners": ["team:ml-platform"],
+}
+
+
+@dg.asset(**_INFERENCE_ASSET)
 def inference_results(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
@@ -73,14 +78,7 @@ def inference_results(
     )
 
 
-@dg.asset(
-    group_name="inference",
-    deps=[evaluation_dataset],
-    kinds={"pytorch", "huggingface", "mlflow"},
-    code_version=PHASE_CODE_VERSION,
-    pool="gpu",
-    op_tags=GPU_STEP_TAGS,
-)
+@dg.asset(**_INFERENCE_ASSET)
 def base_inference_results(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
