@@ -154,7 +154,9 @@ class InferencerConfig(DatasetColumns):
     @model_validator(mode="after")
     def _sampling_needs_temperature(self) -> InferencerConfig:
         if self.do_sample and self.temperature == 0:
-            raise ValueError("do_sample = true needs temperature > 0 (temperature = 0 means greedy: set do_sample = false)")
+            raise ValueError(
+                "do_sample = true needs temperature > 0 (temperature = 0 means greedy: set do_sample = false)"
+            )
         return self
 
 

@@ -63,7 +63,6 @@ def write_config(tmp_path: Path, model_cache: Path) -> Callable[..., Path]:
     return write
 
 
-
 @pytest.fixture(scope="session")
 def mlflow_server() -> Any:
     """One real `mlflow server` on 127.0.0.1 (sqlite backend, temp artifact root) for the whole session."""

@@ -47,7 +47,6 @@ HOSTILE = {
 }
 
 
-
 def _assert_valid(key: str) -> None:
     _validate_metric_name(key)
     _validate_param_name(key)

@@ -50,8 +50,14 @@ def _materialize(config: Path, instance: dg.DagsterInstance, selection: list[str
 
 def test_promotion_follows_the_gates(write_config: Any, tmp_path: Path) -> None:
     passing = write_config(
-        {"evaluator": {"register_model": True, "registered_model_name": "tiny", "blocking_checks": True,
-                       "thresholds": {"rouge_score": 0.0}}},
+        {
+            "evaluator": {
+                "register_model": True,
+                "registered_model_name": "tiny",
+                "blocking_checks": True,
+                "thresholds": {"rouge_score": 0.0},
+            }
+        },
         name="passing.toml",
     )
     with dg.instance_for_test() as instance:
@@ -64,8 +70,14 @@ def test_promotion_follows_the_gates(write_config: Any, tmp_path: Path) -> None:
 
         # An impossible threshold with blocking checks: the check fails with ERROR and promotion does not run.
         failing = write_config(
-            {"evaluator": {"register_model": True, "registered_model_name": "tiny", "blocking_checks": True,
-                           "thresholds": {"rouge_score": 1.01}}},
+            {
+                "evaluator": {
+                    "register_model": True,
+                    "registered_model_name": "tiny",
+                    "blocking_checks": True,
+                    "thresholds": {"rouge_score": 1.01},
+                }
+            },
             name="failing.toml",
         )
         second = _materialize(failing, instance, ["evaluation_report", "promoted_model"])

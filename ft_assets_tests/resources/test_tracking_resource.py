@@ -126,7 +126,6 @@ def multiprocess_job() -> dg.JobDefinition:
     return defs.resolve_job_def("tracked")
 
 
-
 def _materialize(tracking: MlflowTracking, plan: Plan, **kwargs: Any) -> dg.ExecuteInProcessResult:
     return dg.materialize(ASSETS, resources={"mlflow_tracking": tracking, "plan": plan}, **kwargs)
 
@@ -409,7 +408,9 @@ def test_sqlite_runs_link_to_the_mlflow_ui_named_by_mlflow_ui_url(
 ) -> None:
     tracking = MlflowTracking(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", log_system_metrics=False)
     plan = Plan(base_dir=str(tmp_path))
-    without = _materialize(tracking, plan, selection=["trained"]).asset_materializations_for_node("trained")[0]
+    without = _materialize(tracking, plan, selection=["trained"]).asset_materializations_for_node("trained")[
+        0
+    ]
     assert "mlflow_run_url" not in without.metadata
     monkeypatch.setenv("MLFLOW_UI_URL", "http://127.0.0.1:5000/")
     result = _materialize(tracking, plan, selection=["trained"])
