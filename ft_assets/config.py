@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ft_assets.errors import FtAssetsError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "pipeline.toml"
 
@@ -47,7 +49,7 @@ DatasetFormat = Literal["auto", "qa", "messages", "sharegpt", "alpaca", "prompt_
 Device = Literal["auto", "cpu", "cuda"]
 
 
-class ConfigError(ValueError):
+class ConfigError(FtAssetsError, ValueError):
     """A configuration problem, with the file, section and key at fault in its message."""
 
 

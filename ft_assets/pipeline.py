@@ -32,6 +32,7 @@ import dagster as dg
 
 from ft_assets.config import PROJECT_ROOT, Settings
 from ft_assets.definitions import defs
+from ft_assets.errors import FtAssetsError
 from ft_assets.jobs import PHASE_GROUPS, PHASES, fine_tune_pipeline
 from ft_assets.resources.settings import PipelineSettings, default_config_path
 from ft_assets.resources.tracking import MlflowTracking
@@ -42,7 +43,7 @@ PHASES_TAG = "ft_assets/phases"
 INSTANCE_TEMPLATE = PROJECT_ROOT / "dagster.yaml"
 
 
-class PipelineError(RuntimeError):
+class PipelineError(FtAssetsError, RuntimeError):
     """A phase failed or cannot run; the message is one line that says which and why."""
 
 

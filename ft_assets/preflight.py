@@ -46,6 +46,7 @@ from ft_assets.config import (
     Settings,
     load_settings,
 )
+from ft_assets.errors import FtAssetsError
 from ft_assets.phases.datasets import DatasetError, LoadedDataset, load_dataset
 from ft_assets.phases.metrics import OPENAI_KEY_ENV, REFERENCE_METRICS, MetricsError
 from ft_assets.phases.metrics import preflight as metrics_preflight
@@ -54,7 +55,7 @@ from ft_assets.tracking import TrackingOptions, TrackingUnavailableError, check_
 
 #: The phases a run can select, in pipeline order (the CLI's and FineTunePipeline's phase names).
 PIPELINE_PHASES = ("finetuning", "inference", "evaluation")
-#: Every error preflight raises; each names what is at fault. They share no base class yet.
+#: Every error preflight raises; each names what is at fault, and all derive from FtAssetsError.
 PREFLIGHT_ERRORS = (ConfigError, DatasetError, ModelError, MetricsError, TrackingUnavailableError)
 
 #: MLflow's limit on experiment names.
@@ -635,7 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config)
         phases = [phase.strip() for phase in args.phases.split(",") if phase.strip()]
         report = preflight(settings, phases=phases, adapter=args.adapter)
-    except PREFLIGHT_ERRORS as error:
+    except FtAssetsError as error:
         print(f"preflight: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     print(report.summary())

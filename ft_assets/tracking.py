@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ft_assets.config import ConfigError, Settings
+from ft_assets.errors import FtAssetsError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -95,7 +96,7 @@ TRACEBACK_ARTIFACT = "error/traceback.txt"
 _log = logging.getLogger(__name__)
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(FtAssetsError, RuntimeError):
     """The MLflow tracking store cannot be reached; the message names the URI and where it came from."""
 
 

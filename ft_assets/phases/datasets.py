@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ft_assets.config import ConfigError, DatasetColumns, load_settings
+from ft_assets.errors import FtAssetsError
 
 #: Source role names accepted in conversations, mapped onto the three roles the pipeline uses.
 ROLE_ALIASES = {
@@ -51,7 +52,7 @@ _LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-class DatasetError(ValueError):
+class DatasetError(FtAssetsError, ValueError):
     """A dataset that cannot be used; the message names the file (or hub id), rows and columns at fault."""
 
 

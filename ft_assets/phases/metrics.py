@@ -33,6 +33,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ft_assets.config import JUDGE_METRICS, EvaluatorConfig, JudgeConfig
+from ft_assets.errors import FtAssetsError
 
 OPENAI_KEY_ENV = "OPENAI_API_KEY"
 OPENAI_KEY_FLAG = "--openai-key"
@@ -89,7 +90,7 @@ def _note(text: str) -> None:
         notes.append(text)
 
 
-class MetricsError(ValueError):
+class MetricsError(FtAssetsError, ValueError):
     """A metric cannot run with this config or these rows; the message names the metric and the key."""
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ft_assets.config import EMBEDDED_SMOLLM2, EMBEDDED_TINY, load_settings
+from ft_assets.errors import FtAssetsError
 from ft_assets.phases.io import atomic_directory, sha256_tree, write_json
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -37,7 +38,7 @@ CHATML_TEMPLATE = (
 TEMPLATE_FAMILIES = {"chatml": (CHATML_TEMPLATE, "<|im_end|>")}
 
 
-class ModelError(ValueError):
+class ModelError(FtAssetsError, ValueError):
     """A base model or adapter that cannot be used; the message names the id or path at fault."""
 
 

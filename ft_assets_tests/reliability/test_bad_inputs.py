@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from ft_assets.config import EMBEDDED_TINY, ConfigError, load_settings
+from ft_assets.errors import FtAssetsError
 from ft_assets.phases.datasets import DatasetError
 from ft_assets.phases.metrics import MetricsError
 from ft_assets.phases.models import ModelError, ResolvedModel
@@ -560,6 +561,7 @@ def test_the_cases_are_many_and_distinct() -> None:
     assert len(CASES) >= 30
     assert len({c.id for c in CASES}) == len(CASES)
     assert {c.error for c in CASES} == set(PREFLIGHT_ERRORS)
+    assert all(issubclass(error, FtAssetsError) for error in PREFLIGHT_ERRORS)
 
 
 @pytest.mark.parametrize("bad", CASES, ids=[c.id for c in CASES])
