@@ -36,7 +36,16 @@ from inference_throughput import seed_loop  # this script's folder is first on s
 from ft_assets.config import EMBEDDED_TINY, InferencerConfig, load_settings
 from ft_assets.phases.datasets import Example
 from ft_assets.phases.generation import generate_rows, load_for_inference, load_test_data
-from ft_assets.phases.models import detect_device, load_tokenizer, resolve_base_model
+from ft_assets.phases.models import (
+    LlamaShape,
+    build_random_llama,
+    detect_device,
+    load_tokenizer,
+    resolve_base_model,
+)
+
+#: About 0.5B parameters with SmolLM2's vocabulary (see the module docstring).
+MODEL_SHAPE = LlamaShape(hidden=1024, intermediate=4096, layers=30, heads=16, kv_heads=4, positions=4096)
 
 
 def default_tokenizer_dir() -> Path:
@@ -52,33 +61,12 @@ def default_tokenizer_dir() -> Path:
 def build_random_model(tokenizer_dir: Path, target: Path) -> int:
     """Save a random ~0.5B Llama (bf16) with the tokenizer into ``target``; returns its parameter count."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = load_tokenizer(tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=1024,
-        intermediate_size=4096,
-        num_hidden_layers=30,
-        num_attention_heads=16,
-        num_key_value_heads=4,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    count = sum(p.numel() for p in model.parameters())
-    del model
+    parameters = build_random_llama(target, tokenizer, MODEL_SHAPE, device="cuda", dtype="bfloat16")
+    # hand the random model's memory back to the GPU before the measured loads
     torch.cuda.empty_cache()
-    return count
+    return parameters
 
 
 def repeated(examples: list[Example], count: int) -> list[Example]:

@@ -41,37 +41,21 @@ WORDS = ("the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "maria"
 
 def build_base_model(target: Path, args: argparse.Namespace, device: str) -> tuple[int, int]:
     """Save a random Llama with the tiny tokenizer to ``target``; returns (all parameters, matmul parameters)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from ft_assets.phases.models import LlamaShape, build_random_llama, tiny_tokenizer
 
-    from ft_assets.phases.models import build_tiny_model
-
-    build_tiny_model(target.parent / "tokenizer-source")
-    tokenizer = AutoTokenizer.from_pretrained(target.parent / "tokenizer-source")
-    config = LlamaConfig(
-        vocab_size=args.vocab_size,
-        hidden_size=args.hidden_size,
-        intermediate_size=args.intermediate_size,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.heads,
-        max_position_embeddings=max(2048, 2 * args.seq_len),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
+    shape = LlamaShape(
+        hidden=args.hidden_size,
+        intermediate=args.intermediate_size,
+        layers=args.layers,
+        heads=args.heads,
+        vocab=args.vocab_size,
+        positions=max(2048, 2 * args.seq_len),
+        tie_embeddings=False,
     )
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = LlamaForCausalLM(config)
-    model.to(torch.bfloat16 if device == "cuda" else torch.float32)
-    parameters = sum(p.numel() for p in model.parameters())
-    # the input embedding is a lookup, not a matmul
-    matmul_parameters = parameters - model.get_input_embeddings().weight.numel()
-    model.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-    del model
-    return parameters, matmul_parameters
+    dtype = "bfloat16" if device == "cuda" else "float32"
+    parameters = build_random_llama(target, tiny_tokenizer(), shape, device=device, dtype=dtype)
+    # the input embedding is a lookup, not a matmul (untied, so the output head still counts)
+    return parameters, parameters - args.vocab_size * args.hidden_size
 
 
 def write_rows(path: Path, tokenizer: Any, rows: int, seq_len: int) -> None:

@@ -111,11 +111,10 @@ def _convert_smollm2(target: Path) -> None:
         tokenizer.save_pretrained(scratch)
 
 
-def build_tiny_model(target: Path, seed: int = 0) -> None:
-    """A 2-layer random Llama with a byte-level BPE trained here: a real model family, in seconds, offline."""
-    import torch
+def tiny_tokenizer() -> Any:
+    """The embedded tiny model's tokenizer: a 320-token byte-level BPE with ChatML specials, trained here."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     bpe = Tokenizer(models.BPE())
@@ -139,26 +138,73 @@ def build_tiny_model(target: Path, seed: int = 0) -> None:
         unk_token="<|endoftext|>",
     )
     tokenizer.chat_template = CHATML_TEMPLATE
-    torch.manual_seed(seed)
+    return tokenizer
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    """The architecture of a model that ``build_random_llama`` builds (sizes as in ``LlamaConfig``)."""
+
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int | None = None  # None: one per attention head (no grouped-query attention)
+    vocab: int | None = None  # None: the tokenizer's length
+    positions: int = 2048
+    tie_embeddings: bool = True
+
+
+#: The embedded tiny model. Its weights follow from this shape: a change here needs a new TINY_MODEL_RECIPE.
+TINY_MODEL_SHAPE = LlamaShape(hidden=32, intermediate=64, layers=2, heads=4, kv_heads=2, positions=1024)
+
+
+def build_random_llama(
+    target: Path,
+    tokenizer: Any,
+    shape: LlamaShape,
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    dtype: str = "float32",
+) -> int:
+    """Save a random Llama of ``shape`` and ``tokenizer`` into ``target`` (atomically); returns its size.
+
+    The size is the parameter count; BOS, EOS and padding ids come from the tokenizer. The weights depend
+    only on the shape, ``seed`` and ``device`` (where they are initialised: "cuda" for a large model), so a
+    repeated call saves the same model; ``dtype`` (a ``torch`` dtype name) is what they are saved in.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
+        vocab_size=len(tokenizer) if shape.vocab is None else shape.vocab,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads if shape.kv_heads is None else shape.kv_heads,
+        max_position_embeddings=shape.positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=shape.tie_embeddings,
     )
-    model = LlamaForCausalLM(config)
+    torch.manual_seed(seed)
+    # a benchmark-sized model initialises far faster on the GPU than on the CPU
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(getattr(torch, dtype))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     with atomic_directory(target) as scratch:
         model.save_pretrained(scratch)
         tokenizer.save_pretrained(scratch)
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_tiny_model(target: Path, seed: int = 0) -> None:
+    """A 2-layer random Llama with a byte-level BPE trained here: a real model family, in seconds, offline."""
+    build_random_llama(target, tiny_tokenizer(), TINY_MODEL_SHAPE, seed=seed)
 
 
 def _cached(target: Path, build: Any) -> Path:
