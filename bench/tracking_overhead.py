@@ -12,25 +12,20 @@ import time
 from pathlib import Path
 
 import dagster as dg
-import tomli_w
 
-from ft_assets.config import PROJECT_ROOT, deep_merge, read_toml
+from ft_assets.config import PROJECT_ROOT, relocated_config
 from ft_assets.definitions import defs
 from ft_assets.resources.settings import PipelineSettings
 
 
 def write_config(root: Path, name: str, mlflow: dict[str, object]) -> Path:
-    data = read_toml(PROJECT_ROOT / "config" / "ci.toml")
-    for section, key in (
-        ("fine_tuner", "training_data_id"),
-        ("fine_tuner", "validation_data_id"),
-        ("inferencer", "testing_data_id"),
-    ):
-        data[section][key] = str(PROJECT_ROOT / data[section][key])
-    data["pipeline"].update(artifacts_root=str(root / name), model_cache_dir=str(root / "model_cache"))
-    path = root / f"{name}.toml"
-    path.write_bytes(tomli_w.dumps(deep_merge(data, {"mlflow": mlflow})).encode())
-    return path
+    return relocated_config(
+        PROJECT_ROOT / "config" / "ci.toml",
+        root / f"{name}.toml",
+        outputs_root=root,
+        model_cache_dir=root / "model_cache",
+        overrides={"pipeline": {"artifacts_root": str(root / name)}, "mlflow": mlflow},
+    )
 
 
 def run_chain(config: Path) -> float:

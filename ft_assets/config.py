@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ft_assets.errors import FtAssetsError
@@ -76,6 +77,8 @@ class FineTunerConfig(DatasetColumns):
     validation_data_id: str | None = "data/demo/validation.jsonl"
     dataset_revision: str | None = None
     dataset_split: str = "train"
+    #: The split a hub ``validation_data_id`` is read from (local files have one split).
+    validation_dataset_split: str = "validation"
     validation_split: float = Field(0.0, ge=0.0, lt=1.0)
     chat_template: str | None = None
     train_on_responses_only: bool = True
@@ -378,6 +381,67 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"{file}: malformed TOML: {error}") from None
 
 
+def _config_file(path: str | os.PathLike[str] | None) -> Path:
+    """The config file ``path`` names (the default one when ``None``), relative to the project root
+    unless it exists relative to the working directory."""
+    file = Path(path) if path is not None else DEFAULT_CONFIG_PATH
+    if not file.is_absolute():
+        file = (PROJECT_ROOT / file) if not file.exists() else file.resolve()
+    return file
+
+
+def _config_base_dir(file: Path) -> Path:
+    """Where the relative paths of config ``file`` point from: its project for a file in a ``config/``
+    folder, otherwise the file's own folder."""
+    return file.parent.parent if file.parent.name == "config" else file.parent
+
+
+#: The keys that name a dataset: a local file or parquet folder (relative to the project), or a hub id.
+DATASET_KEYS = (
+    ("fine_tuner", "training_data_id"),
+    ("fine_tuner", "validation_data_id"),
+    ("inferencer", "testing_data_id"),
+)
+
+
+def relocated_config(
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    *,
+    outputs_root: str | os.PathLike[str],
+    model_cache_dir: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a copy of config file ``source`` that works from any folder, with every output under
+    ``outputs_root``; returns ``destination``.
+
+    In the copy: the dataset paths of :data:`DATASET_KEYS` that name local files or folders relative to
+    the source's project (resolved as :func:`load_settings` does) are absolute, while hub ids and absolute
+    paths are left as they are; ``[pipeline] artifacts_root`` is ``<outputs_root>/artifacts``; ``[mlflow]
+    tracking_uri`` is the sqlite store ``<outputs_root>/mlflow.db``; ``[pipeline] model_cache_dir`` is
+    ``model_cache_dir`` when given. ``overrides`` are then deep-merged over the result, so they win.
+    """
+    file = _config_file(source)
+    base_dir = _config_base_dir(file)
+    data = read_toml(file)
+    for section, key in DATASET_KEYS:
+        value = data.get(section, {}).get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        path = Path(value).expanduser()
+        if not path.is_absolute() and (base_dir / path).exists():
+            data[section][key] = str((base_dir / path).resolve())
+    root = Path(outputs_root)
+    pipeline: dict[str, Any] = {"artifacts_root": str(root / "artifacts")}
+    if model_cache_dir is not None:
+        pipeline["model_cache_dir"] = str(model_cache_dir)
+    relocated = {"pipeline": pipeline, "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}}
+    data = deep_merge(deep_merge(data, relocated), overrides or {})
+    target = Path(destination)
+    target.write_bytes(tomli_w.dumps(data).encode())
+    return target
+
+
 def load_settings(
     path: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -387,11 +451,8 @@ def load_settings(
     Relative paths inside the file are resolved against the project root when the file lives in its
     ``config/`` folder, otherwise against the file's own folder.
     """
-    file = Path(path) if path is not None else DEFAULT_CONFIG_PATH
-    if not file.is_absolute():
-        file = (PROJECT_ROOT / file) if not file.exists() else file.resolve()
+    file = _config_file(path)
     data = read_toml(file)
     if overrides:
         data = deep_merge(data, overrides)
-    base_dir = file.parent.parent if file.parent.name == "config" else file.parent
-    return build_settings(data, source=str(file), base_dir=base_dir)
+    return build_settings(data, source=str(file), base_dir=_config_base_dir(file))

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import tomli_w
 
 for _name, _value in {
     "HF_HUB_OFFLINE": "1",
@@ -44,21 +43,16 @@ def tiny_model(model_cache: Path) -> Any:
 @pytest.fixture
 def write_config(tmp_path: Path, model_cache: Path) -> Callable[..., Path]:
     """Write a TOML config: config/ci.toml with outputs and MLflow under tmp_path, plus overrides."""
-    from ft_assets.config import deep_merge, read_toml
+    from ft_assets.config import relocated_config
 
     def write(overrides: dict[str, Any] | None = None, name: str = "pipeline.toml") -> Path:
-        data = read_toml(CI_CONFIG)
-        for section in ("fine_tuner", "inferencer"):
-            for key in ("training_data_id", "validation_data_id", "testing_data_id"):
-                if key in data[section]:
-                    data[section][key] = str(PROJECT_ROOT / data[section][key])
-        data["pipeline"]["artifacts_root"] = str(tmp_path / "artifacts")
-        data["pipeline"]["model_cache_dir"] = str(model_cache)
-        data["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
-        data = deep_merge(data, overrides or {})
-        path = tmp_path / name
-        path.write_bytes(tomli_w.dumps(data).encode())
-        return path
+        return relocated_config(
+            CI_CONFIG,
+            tmp_path / name,
+            outputs_root=tmp_path,
+            model_cache_dir=model_cache,
+            overrides=overrides,
+        )
 
     return write
 

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from ft_assets.config import DEFAULT_CONFIG_PATH, ConfigError, Settings, load_settings
+from ft_assets.config import (
+    DEFAULT_CONFIG_PATH,
+    PROJECT_ROOT,
+    ConfigError,
+    Settings,
+    load_settings,
+    read_toml,
+    relocated_config,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -83,6 +91,57 @@ def test_overrides_win_over_file_and_paths_resolve_against_file(tmp_path: Path) 
     settings = load_settings(path, {"fine_tuner": {"rank": 4}})
     assert settings.fine_tuner.rank == 4
     assert settings.resolve_path(settings.fine_tuner.training_data_id) == tmp_path / "train.jsonl"
+
+
+def test_relocated_config_works_elsewhere_with_outputs_under_root_and_overrides_winning(
+    tmp_path: Path,
+) -> None:
+    source = PROJECT_ROOT / "config" / "ci.toml"
+    root, cache = tmp_path / "outputs", tmp_path / "cache"
+    (tmp_path / "elsewhere").mkdir()
+    written = relocated_config(
+        source,
+        tmp_path / "elsewhere" / "copy.toml",
+        outputs_root=root,
+        model_cache_dir=cache,
+        overrides={"fine_tuner": {"rank": 2}, "mlflow": {"log_system_metrics": False}},
+    )
+    assert written == tmp_path / "elsewhere" / "copy.toml"
+    copy, original = load_settings(written), load_settings(source)
+    assert copy.base_dir == tmp_path / "elsewhere"
+    for section, key in (
+        ("fine_tuner", "training_data_id"),
+        ("fine_tuner", "validation_data_id"),
+        ("inferencer", "testing_data_id"),
+    ):
+        value = getattr(getattr(copy, section), key)
+        assert Path(value).is_absolute() and Path(value).is_file(), (key, value)
+        assert copy.resolve_path(value) == original.resolve_path(getattr(getattr(original, section), key))
+    assert copy.artifacts_root == root / "artifacts"
+    assert copy.model_cache_dir == cache
+    assert copy.mlflow.tracking_uri == f"sqlite:///{root / 'mlflow.db'}"
+    assert (copy.fine_tuner.rank, copy.mlflow.log_system_metrics) == (2, False)
+    assert copy.fine_tuner.max_steps == original.fine_tuner.max_steps
+    assert copy.mlflow.experiment_name == original.mlflow.experiment_name
+    assert read_toml(written)["pipeline"].get("model_cache_dir") == str(cache)
+    unset = relocated_config(source, tmp_path / "plain.toml", outputs_root=root)
+    assert "model_cache_dir" not in read_toml(unset)["pipeline"]
+
+
+def test_relocated_config_resolves_like_the_loader_and_leaves_hub_ids(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "config").mkdir(parents=True)
+    (project / "data").mkdir()
+    (project / "data" / "train.jsonl").write_text("{}\n")
+    source = project / "config" / "run.toml"
+    source.write_text(
+        '[fine_tuner]\ntraining_data_id = "data/train.jsonl"\nvalidation_data_id = "org/validation"\n'
+        '[inferencer]\ntesting_data_id = "org/name"\n'
+    )
+    data = read_toml(relocated_config(source, tmp_path / "copy.toml", outputs_root=tmp_path / "out"))
+    assert data["fine_tuner"]["training_data_id"] == str(project / "data" / "train.jsonl")
+    assert data["fine_tuner"]["validation_data_id"] == "org/validation"
+    assert data["inferencer"]["testing_data_id"] == "org/name"
 
 
 def test_flat_params_are_prefixed_per_section() -> None:

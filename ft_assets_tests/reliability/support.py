@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomli_w
-
-from ft_assets.config import deep_merge, read_toml
+from ft_assets.config import deep_merge, relocated_config
 from ft_assets_tests.openai_stub import StubStats
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -28,20 +26,14 @@ CLI_SECRETS = {"--hf-key": "hf_FAKEcliTOKEN5e9a3c7b1d2f8c", "--openai-key": "sk-
 
 def ci_config(path: Path, root: Path, model_cache: Path, overrides: dict[str, Any] | None = None) -> Path:
     """config/ci.toml with data paths made absolute and every output under ``root``, plus ``overrides``."""
-    data = read_toml(PROJECT_ROOT / "config" / "ci.toml")
-    for section, key in (
-        ("fine_tuner", "training_data_id"),
-        ("fine_tuner", "validation_data_id"),
-        ("inferencer", "testing_data_id"),
-    ):
-        data[section][key] = str(PROJECT_ROOT / data[section][key])
-    base = {
-        "mlflow": {"tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "log_system_metrics": False},
-        "pipeline": {"artifacts_root": str(root / "artifacts"), "model_cache_dir": str(model_cache)},
-    }
-    data = deep_merge(deep_merge(data, base), overrides or {})
-    path.write_bytes(tomli_w.dumps(data).encode())
-    return path
+    quiet = {"mlflow": {"log_system_metrics": False}}
+    return relocated_config(
+        PROJECT_ROOT / "config" / "ci.toml",
+        path,
+        outputs_root=root,
+        model_cache_dir=model_cache,
+        overrides=deep_merge(quiet, overrides or {}),
+    )
 
 
 def demo_rows(path: Path, start: int, count: int) -> Path:
