@@ -489,13 +489,12 @@ def _check_training_data(settings: Settings, env: Mapping[str, str], report: Pre
     _record(report, "[fine_tuner] training_data_id", train_set)
     validation_set = None
     if tuner.validation_data_id:
-        # the split the training phase reads a hub validation set from
         validation_set = _load(
             "[fine_tuner] validation_data_id",
             tuner.validation_data_id,
             settings,
             tuner,
-            "validation",
+            tuner.validation_dataset_split,
             token,
             True,
         )

@@ -647,8 +647,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         tuner, inferencer = settings.fine_tuner, settings.inferencer
         wanted = [
             ("fine_tuner.training_data_id", tuner.training_data_id, tuner, tuner.dataset_split, True),
-            # The config names one split per section; hub validation sets conventionally use "validation".
-            ("fine_tuner.validation_data_id", tuner.validation_data_id, tuner, "validation", True),
+            (
+                "fine_tuner.validation_data_id",
+                tuner.validation_data_id,
+                tuner,
+                tuner.validation_dataset_split,
+                True,
+            ),
             (
                 "inferencer.testing_data_id",
                 inferencer.testing_data_id,

@@ -545,7 +545,7 @@ def load_training_data(
             config.validation_data_id,
             config,
             base_dir=settings.base_dir,
-            split="validation",
+            split=config.validation_dataset_split,
             revision=config.dataset_revision,
             token=token,
             require_ground_truth=True,

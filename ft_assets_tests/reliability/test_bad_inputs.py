@@ -589,6 +589,15 @@ def test_bad_input_is_refused_early_with_a_precise_error(
     assert not workspace.artifacts.exists(), "preflight wrote into the artifacts root"
 
 
+def test_a_hub_validation_set_is_read_from_validation_dataset_split(workspace: Workspace) -> None:
+    hub = {"validation_data_id": "someowner/some-dataset", "validation_dataset_split": "dev"}
+    with pytest.raises(DatasetError) as caught:  # offline: the hub lookup fails, naming what it asked for
+        preflight(load_settings(workspace.config({"fine_tuner": hub})), phases={"finetuning"})
+    message = str(caught.value)
+    assert message.startswith("[fine_tuner] validation_data_id = 'someowner/some-dataset': ")
+    assert "split 'dev'" in message
+
+
 def test_preflight_skips_what_the_selected_phases_do_not_need(workspace: Workspace) -> None:
     broken_training = _train_file(workspace, ["not json"])
     report = preflight(load_settings(broken_training), phases={"evaluation"})
