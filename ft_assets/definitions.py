@@ -7,6 +7,7 @@ import dagster as dg
 from ft_assets.assets import checks, data, evaluation, inference, models
 from ft_assets.automation import dataset_change_sensor
 from ft_assets.jobs import ALL_JOBS
+from ft_assets.recovery import orphaned_run_sensor
 from ft_assets.resources.launcher import ComputeLauncher
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import MlflowTracking, mlflow_run_failure_sensor
@@ -18,7 +19,7 @@ defs = dg.Definitions(
     assets=dg.load_assets_from_modules([data, models, inference, evaluation]),
     asset_checks=dg.load_asset_checks_from_modules([checks]),
     jobs=ALL_JOBS,
-    sensors=[dataset_change_sensor, mlflow_run_failure_sensor],
+    sensors=[dataset_change_sensor, mlflow_run_failure_sensor, orphaned_run_sensor],
     resources={"settings": PipelineSettings(), "mlflow": MlflowTracking(), "launcher": ComputeLauncher()},
     executor=dg.in_process_executor,
 )

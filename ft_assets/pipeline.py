@@ -21,6 +21,7 @@ materialization, and fails with a one-line :class:`PipelineError` when there is 
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,10 +31,12 @@ from typing import Any
 
 import dagster as dg
 
+from ft_assets.assets.common import PREFLIGHT_TAG
 from ft_assets.config import PROJECT_ROOT, Settings
 from ft_assets.definitions import defs
 from ft_assets.errors import FtAssetsError
 from ft_assets.jobs import PHASE_GROUPS, PHASES, fine_tune_pipeline
+from ft_assets.preflight import PreflightReport, preflight
 from ft_assets.resources.settings import PipelineSettings, default_config_path
 from ft_assets.resources.tracking import MlflowTracking
 from ft_assets.tracking import TrackingOptions, check_reachable, redact
@@ -41,6 +44,7 @@ from ft_assets.tracking import TrackingOptions, check_reachable, redact
 #: Dagster run tag naming the phases a run executed (``finetuning,inference``).
 PHASES_TAG = "ft_assets/phases"
 INSTANCE_TEMPLATE = PROJECT_ROOT / "dagster.yaml"
+_log = logging.getLogger(__name__)
 
 
 class PipelineError(FtAssetsError, RuntimeError):
@@ -231,8 +235,21 @@ class FineTunePipeline:
             )
         return sorted(selected, key=lambda key: key.to_user_string())
 
+    def preflight(self, phases: Sequence[str] = PHASES) -> PreflightReport:
+        """Check what ``phases`` need, cheaply (config, files, data, metrics, MLflow); raise the project's
+        error naming what is at fault. Every phase call does this before it starts its Dagster run."""
+        tracking = {"parent_run_id": self.mlflow_run_id} if self.mlflow_run_id else {}
+        options = MlflowTracking(**tracking).options(self.settings)
+        return preflight(self.settings, phases=phases, env={**os.environ, **self._secrets}, tracking=options)
+
     def _run(self, phases: Sequence[str]) -> dict[str, Any]:
         selection = self._selection(phases)
+        try:
+            _log.info(self.preflight(phases).summary())
+        except FtAssetsError as error:
+            raise PipelineError(
+                f"{' + '.join(phases)} failed: preflight: {_one_line(f'{type(error).__name__}: {error}')}"
+            ) from error
         # Run config, as the launchpad would give it: the run records exactly what it was configured with.
         settings = {"config_path": self.config_path, **self._overrides}
         tracking = {"parent_run_id": self.mlflow_run_id} if self.mlflow_run_id else {}
@@ -243,7 +260,8 @@ class FineTunePipeline:
                 instance=self.instance,
                 asset_selection=selection,
                 raise_on_error=False,
-                tags={PHASES_TAG: ",".join(phases)},
+                # the assets skip the preflight done here
+                tags={PHASES_TAG: ",".join(phases), PREFLIGHT_TAG: ",".join(phases)},
             )
         if not result.success:
             raise PipelineError(f"{' + '.join(phases)} failed: {_failure(result)}")
@@ -293,7 +311,11 @@ def _failure(result: dg.ExecuteInProcessResult) -> str:
     for event in result.all_events:
         if event.event_type == dg.DagsterEventType.STEP_FAILURE:
             error = _root_cause(event.step_failure_data.error)
-            return _one_line(f"{event.step_key}: {error.cls_name}: {error.message}")
+            # Dagster's message already starts with the class name (traceback.format_exception_only)
+            cause = error.message
+            if not cause.startswith(f"{error.cls_name}:"):
+                cause = f"{error.cls_name}: {cause}"
+            return _one_line(f"{event.step_key}: {cause}")
     failures = [
         event.message for event in result.all_events if event.event_type == dg.DagsterEventType.RUN_FAILURE
     ]

@@ -14,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ft_assets import definitions as code_location
+from ft_assets.assets.common import PREFLIGHT_TAG
 from ft_assets_tests.helpers import pipeline_resources
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -100,6 +101,29 @@ def test_chain_in_process(write_config: Any, tmp_path: Path) -> None:
         assert materialization.metadata["mlflow_run_id"].value
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["inference_complete"] is True
+    # the first step preflighted every phase of the run; the later ones found them checked
+    assert instance.get_run_by_id(result.run_id).tags[PREFLIGHT_TAG] == "finetuning,inference,evaluation"
+
+
+def test_a_bad_evaluation_config_fails_the_chain_in_its_first_step(
+    write_config: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    judged = {"metrics": ["answer_accuracy"], "primary_metric": "answer_accuracy"}
+    result = code_location.defs.resolve_job_def("fine_tune_pipeline").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(),
+        resources=pipeline_resources(write_config({"evaluator": judged})),
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
+    assert failure.step_key == "base_model"
+    error = failure.step_failure_data.error
+    while error.cause is not None:
+        error = error.cause
+    assert error.cls_name == "MetricsError" and "evaluator.metrics ['answer_accuracy']" in error.message
+    started = {e.step_key for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_START}
+    assert "fine_tuned_model" not in started, "training started despite a bad evaluation config"
 
 
 def test_rerun_writes_a_new_run_folder_and_keeps_the_old(write_config: Any) -> None:

@@ -175,10 +175,18 @@ def test_phases_in_separate_calls_share_outputs_and_one_mlflow_parent(
     run = third.instance.get_run_by_id(again["dagster_run_id"])
     assert run.tags[PHASES_TAG] == "evaluation"
     assert {key.to_user_string() for key in run.asset_selection} == {"evaluation_report", "promoted_model"}
+
+    # A step that fails at run time (its input file deleted since): one line naming the step and the cause.
+    Path(tuned["path"]).unlink()
+    with pytest.raises(PipelineError) as raised:
+        third.run_evaluation()
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"evaluation failed: evaluation_report: FileNotFoundError: {tuned['path']}: ")
     third.close()
 
 
-def test_a_failing_phase_raises_one_line_naming_the_step_and_the_cause(
+def test_a_phase_that_fails_preflight_raises_one_line_and_starts_no_run(
     write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
     broken = tmp_path / "broken.jsonl"
@@ -191,8 +199,9 @@ def test_a_failing_phase_raises_one_line_naming_the_step_and_the_cause(
         pipeline.run_finetuning()
     message = str(raised.value)
     assert "\n" not in message
-    assert message.startswith("finetuning failed: fine_tuned_model: ")
+    assert message.startswith("finetuning failed: preflight: DatasetError: [fine_tuner] training_data_id = ")
     assert f"{broken}: line 2: malformed JSON" in message
+    assert pipeline.instance.get_runs() == []
     assert os.environ.get("HF_TOKEN") != secret  # only set while the phase ran
 
 

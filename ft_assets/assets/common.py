@@ -1,4 +1,5 @@
-"""Small helpers shared by the asset modules: per-run output folders and secrets from the environment."""
+"""Small helpers shared by the asset modules: preflight of a run, per-run output folders and secrets from
+the environment."""
 
 import os
 from pathlib import Path
@@ -6,9 +7,44 @@ from pathlib import Path
 import dagster as dg
 
 from ft_assets.config import Settings
+from ft_assets.jobs import PHASE_GROUPS
+from ft_assets.resources.tracking import MlflowTracking
 
 #: Code version of the phase logic; bump when outputs for the same inputs would change.
 PHASE_CODE_VERSION = "1"
+#: Dagster run tag: the pipeline phases preflight has checked for the run (``finetuning,inference``).
+PREFLIGHT_TAG = "ft_assets/preflight"
+
+
+def run_phases(context: dg.AssetExecutionContext) -> list[str]:
+    """The pipeline phases whose assets this run materializes, in pipeline order."""
+    layer = context.job_def.asset_layer
+    keys = set(layer.selected_asset_keys)
+    if context.run.asset_selection:  # empty when the run is not a subset of its job
+        keys &= context.run.asset_selection
+    groups = {layer.asset_graph.get(key).group_name for key in keys}
+    return [phase for phase, group in PHASE_GROUPS.items() if group in groups]
+
+
+def preflight_run(context: dg.AssetExecutionContext, settings: Settings, mlflow: MlflowTracking) -> None:
+    """Preflight (:func:`ft_assets.preflight.preflight`) every phase of this run not checked yet.
+
+    The first phase asset of a run checks them all, so a bad evaluation config stops the run before hours
+    of training, not after them; ``FineTunePipeline`` checks them before it starts the run. The run tag
+    :data:`PREFLIGHT_TAG` records what was checked, so each phase is checked once per run.
+    """
+    from ft_assets.preflight import preflight
+
+    instance, run_id = context.instance, context.run.run_id
+    run = instance.get_run_by_id(run_id)
+    checked = set((run.tags.get(PREFLIGHT_TAG, "") if run else "").split(","))
+    pending = [phase for phase in run_phases(context) if phase not in checked]
+    if not pending:
+        return
+    report = preflight(settings, phases=pending, tracking=mlflow.options(settings))
+    context.log.info(report.summary())
+    done = [phase for phase in PHASE_GROUPS if phase in checked or phase in pending]
+    instance.add_run_tags(run_id, {PREFLIGHT_TAG: ",".join(done)})
 
 
 def run_output_dir(settings: Settings, asset_name: str, context: dg.AssetExecutionContext) -> Path:

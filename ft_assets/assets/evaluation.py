@@ -7,7 +7,7 @@ from typing import Any
 
 import dagster as dg
 
-from ft_assets.assets.common import PHASE_CODE_VERSION, run_output_dir, secret
+from ft_assets.assets.common import PHASE_CODE_VERSION, preflight_run, run_output_dir, secret
 from ft_assets.assets.data import evaluation_dataset
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import MlflowTracking
@@ -15,7 +15,13 @@ from ft_assets.resources.tracking import MlflowTracking
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a JSONL file written by the inference phase."""
-    with Path(path).open(encoding="utf-8") as handle:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: the inference results this report scores are gone (deleted after their run?); "
+            "materialize the inference assets again"
+        )
+    with path.open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
 
@@ -35,20 +41,15 @@ def evaluation_report(
 ) -> dg.Output[dict[str, Any]]:
     """Scores (offline ragas metrics by default, LLM judges when configured) for fine-tuned vs base, with a
     JSON summary and an Excel workbook (Summary, Per-sample, Comparison, chart)."""
-    from ft_assets.phases.metrics import preflight, score_rows, summarize
+    from ft_assets.phases.metrics import score_rows, summarize
     from ft_assets.phases.reports import write_report
 
     resolved = settings.load()
+    preflight_run(context, resolved, mlflow)
     config = resolved.evaluator
     api_key = secret("OPENAI_API_KEY")
     rows = read_jsonl(inference_results["path"])
     baseline_rows = read_jsonl(base_inference_results["path"]) if base_inference_results else None
-    preflight(
-        config,
-        api_key=api_key,
-        has_ground_truth=all(r.get("ground_truth") for r in rows),
-        has_contexts=all(r.get("contexts") for r in rows),
-    )
     with mlflow.phase_run(context, "evaluation", resolved) as run:
         started = time.perf_counter()
         scores = score_rows(rows, config, api_key=api_key)

@@ -4,10 +4,11 @@ from typing import Any
 
 import dagster as dg
 
-from ft_assets.assets.common import PHASE_CODE_VERSION, hf_token, run_output_dir
+from ft_assets.assets.common import PHASE_CODE_VERSION, hf_token, preflight_run, run_output_dir
 from ft_assets.assets.data import training_dataset, validation_dataset
 from ft_assets.phases.models import ResolvedModel
 from ft_assets.phases.remote import PhaseRequest
+from ft_assets.recovery import record_orchestrator
 from ft_assets.resources.launcher import GPU_STEP_TAGS, ComputeLauncher
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import MlflowTracking
@@ -19,12 +20,18 @@ from ft_assets.resources.tracking import MlflowTracking
     code_version=PHASE_CODE_VERSION,
     owners=["team:ml-platform"],
 )
-def base_model(context: dg.AssetExecutionContext, settings: PipelineSettings) -> dg.Output[ResolvedModel]:
+def base_model(
+    context: dg.AssetExecutionContext, settings: PipelineSettings, mlflow: MlflowTracking
+) -> dg.Output[ResolvedModel]:
     """The base model as a local transformers directory: the embedded SmolLM2 (converted once from its GGUF
-    and cached), the embedded tiny test model, a local path, or a hub id."""
+    and cached), the embedded tiny test model, a local path, or a hub id.
+
+    As the first step of a run, it preflights every phase of the run before anything is downloaded or
+    converted."""
     from ft_assets.phases.models import resolve_base_model
 
     resolved = settings.load()
+    preflight_run(context, resolved, mlflow)
     model = resolve_base_model(
         resolved.fine_tuner.base_model_id,
         cache_dir=resolved.model_cache_dir,
@@ -67,7 +74,9 @@ def fine_tuned_model(
 
     Resumes from the newest checkpoint when base model, data and training config are unchanged.
     """
+    record_orchestrator(context)
     resolved = settings.load()
+    preflight_run(context, resolved, mlflow)
     request = PhaseRequest.finetuning(
         resolved,
         base_model,

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from ft_assets.config import ConfigError
 from ft_assets.phases.remote import REQUEST_EXTRA, VALUE_MESSAGE_KEY, PhaseOutcome, PhaseRequest
+from ft_assets.recovery import fail_orphaned_runs
 from ft_assets.tracking import PhaseRun
 
 REMOTE_MODULE = "ft_assets.phases.remote"
@@ -122,6 +123,12 @@ class ComputeLauncher(dg.ConfigurableResource):
     )
     kubeconfig_file: str | None = None
     kube_context: str | None = None
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """A run with GPU steps is starting: first release the pool slots of runs whose process was killed,
+        which would otherwise block its GPU steps for good (:mod:`ft_assets.recovery`)."""
+        if context.instance is not None:
+            fail_orphaned_runs(context.instance, context.log.warning if context.log else None)
 
     def command(self, phase: str, python: str = sys.executable) -> list[str]:
         """The external process's command line for ``phase`` (no secrets: those travel as env vars)."""

@@ -31,6 +31,7 @@ from ft_assets.definitions import defs
 from ft_assets.phases.models import ResolvedModel
 from ft_assets.phases.training import last_checkpoint
 from ft_assets.preflight import preflight
+from ft_assets.recovery import ORCHESTRATOR_TAG, ProcessIdentity
 from ft_assets_tests.helpers import pipeline_resources
 from ft_assets_tests.mlflow_server import MlflowServer, start_mlflow_server
 from ft_assets_tests.openai_stub import openai_stub  # noqa: F401  (pytest fixture)
@@ -97,13 +98,6 @@ def visible(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and p.name != "checkpoints")
 
 
-def recover(instance: dg.DagsterInstance, run: dg.DagsterRun) -> None:
-    """What an operator does about a run whose process was killed (docs/reliability.md): mark it failed and
-    release the ``gpu`` pool slot it still holds, which nothing else releases."""
-    instance.report_run_failed(run, message="its process was killed (SIGKILL)")
-    instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-
-
 def slot_holders(instance: dg.DagsterInstance) -> set[str]:
     return instance.event_log_storage.get_concurrency_info(GPU_POOL).active_run_ids
 
@@ -122,13 +116,15 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 @dataclass
 class KilledTraining:
-    """A finetuning run killed at its first checkpoint, then recovered and rerun in the same instance."""
+    """A finetuning run killed at its first checkpoint, then rerun in the same instance (nothing done by
+    hand: the rerun's start fails the killed run and frees its ``gpu`` slot)."""
 
     root: Path
     home: Path
     config: Path
     killed_run: dg.DagsterRun
     killed_at_step: int
+    killed_pid: int
     published_while_training: list[str]
     published_after_kill: list[str]
     slot_holders_after_kill: set[str]
@@ -168,13 +164,13 @@ def killed_training(
         return any(last_checkpoint(folder) for folder in (outputs / "checkpoints").glob("*"))
 
     log = root / "killed_training.log"
-    kill_when(start_job(home, config, "finetuning_job", log), first_checkpoint, log)
+    job = start_job(home, config, "finetuning_job", log)
+    kill_when(job, first_checkpoint, log)
     (checkpoint,) = filter(None, (last_checkpoint(folder) for folder in (outputs / "checkpoints").glob("*")))
     with dg.DagsterInstance.from_config(str(home)) as instance:
         (killed,) = instance.get_runs()
         holders = slot_holders(instance)
         published_after_kill = visible(outputs)
-        recover(instance, killed)
         rerun = defs.resolve_job_def("finetuning_job").execute_in_process(
             instance=instance, resources=pipeline_resources(config), raise_on_error=False
         )
@@ -185,6 +181,7 @@ def killed_training(
         config,
         killed,
         int(checkpoint.name.removeprefix("checkpoint-")),
+        job.pid,
         sorted(published),
         published_after_kill,
         holders,
@@ -198,9 +195,10 @@ def test_a_killed_training_run_publishes_nothing_and_its_rerun_resumes(
     killed, rerun = killed_training.killed_run, killed_training.rerun
     assert killed_training.published_while_training == [], "an adapter was visible before training ended"
     assert killed_training.published_after_kill == [], "the killed run left an adapter behind"
-    # the dead run keeps the gpu slot: without recover() the rerun's training step would wait forever
+    # the dead run kept the gpu slot until the rerun started: its training step would have waited forever
     assert killed_training.slot_holders_after_kill == {killed.run_id}
     assert killed.status == dg.DagsterRunStatus.FAILURE
+    assert ProcessIdentity.decode(killed.tags[ORCHESTRATOR_TAG]).pid == killed_training.killed_pid
     assert 0 < killed_training.killed_at_step < TRAIN_STEPS
 
     assert rerun.success
@@ -235,10 +233,10 @@ def test_a_killed_inference_run_publishes_no_jsonl_and_its_rerun_is_complete(
     with dg.DagsterInstance.from_config(str(killed_training.home)) as instance:
         killed = next(run for run in instance.get_runs() if run.job_name == "inference_job")
         assert slot_holders(instance) == {killed.run_id}
-        recover(instance, killed)
         rerun = defs.resolve_job_def("inference_job").execute_in_process(
             instance=instance, resources=pipeline_resources(config), raise_on_error=False
         )
+        assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
     assert rerun.success
     path = Path(rerun.output_for_node("inference_results")["path"])
     assert path == outputs / rerun.run_id / "inference_results.jsonl"
