@@ -81,6 +81,9 @@ class FineTunerConfig(DatasetColumns):
     validation_dataset_split: str = "validation"
     validation_split: float = Field(0.0, ge=0.0, lt=1.0)
     chat_template: str | None = None
+    #: The token that ends an assistant turn (it becomes the EOS); default: the chat_template family's, or the
+    #: tokenizer's EOS.
+    end_of_turn_token: str | None = Field(None, min_length=1)
     train_on_responses_only: bool = True
 
     method: Literal["lora", "full"] = "lora"

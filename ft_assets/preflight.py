@@ -50,7 +50,12 @@ from ft_assets.errors import FtAssetsError
 from ft_assets.phases.datasets import DatasetError, LoadedDataset, load_dataset
 from ft_assets.phases.metrics import OPENAI_KEY_ENV, REFERENCE_METRICS, MetricsError
 from ft_assets.phases.metrics import preflight as metrics_preflight
-from ft_assets.phases.models import TINY_MODEL_RECIPE, ModelError, load_chat_template
+from ft_assets.phases.models import (
+    TINY_MODEL_RECIPE,
+    ModelError,
+    configured_chat_template,
+    load_chat_template,
+)
 from ft_assets.tracking import TrackingOptions, TrackingUnavailableError, check_reachable, strip_credentials
 
 #: The phases a run can select, in pipeline order (the CLI's and FineTunePipeline's phase names).
@@ -380,6 +385,8 @@ def _check_chat_template(settings: Settings, folder: Path) -> None:
             "has no chat template, and [fine_tuner] chat_template is unset; set it to a family ('chatml') or "
             "a Jinja file"
         )
+    if spec is not None or settings.fine_tuner.end_of_turn_token is not None:
+        _tokenizer(settings, folder)  # the end-of-turn token must be one token of its vocabulary
 
 
 def _weight_shapes(files: Sequence[Path]) -> dict[str, tuple[int, ...]]:
@@ -518,7 +525,7 @@ def _check_training_data(settings: Settings, env: Mapping[str, str], report: Pre
 def _tokenizer(settings: Settings, folder: Path) -> Any:
     from ft_assets.phases.models import load_tokenizer
 
-    template = load_chat_template(settings.fine_tuner.chat_template, settings.base_dir)
+    template = configured_chat_template(settings)
     return load_tokenizer(folder, chat_template=template)
 
 

@@ -35,10 +35,11 @@ from ft_assets.phases.datasets import Example, LoadedDataset, load_dataset
 from ft_assets.phases.io import atomic_file
 from ft_assets.phases.models import (
     MODEL_INFO_FILE,
+    ChatTemplate,
     DeviceInfo,
     ModelError,
+    configured_chat_template,
     detect_device,
-    load_chat_template,
     load_tokenizer,
     model_content_hash,
 )
@@ -130,7 +131,7 @@ def _load_adapter(model_dir: Path, device: DeviceInfo) -> Any:
 
 
 def load_for_inference(
-    model_dir: Path, device: DeviceInfo, *, chat_template: tuple[str, str] | None = None
+    model_dir: Path, device: DeviceInfo, *, chat_template: ChatTemplate | None = None
 ) -> tuple[Any, Any]:
     """Model and tokenizer for generation; an adapter is loaded onto its base and merged.
 
@@ -157,7 +158,7 @@ def load_for_inference(
     return model, inference_tokenizer(model_dir, chat_template)
 
 
-def inference_tokenizer(model_dir: Path, chat_template: tuple[str, str] | None = None) -> Any:
+def inference_tokenizer(model_dir: Path, chat_template: ChatTemplate | None = None) -> Any:
     """The tokenizer saved in ``model_dir``, left-padding; ``chat_template`` as in :func:`load_for_inference`."""
     trained = (model_dir / MODEL_INFO_FILE).is_file() or (model_dir.parent / MODEL_INFO_FILE).is_file()
     tokenizer = load_tokenizer(model_dir, chat_template=None if trained else chat_template)
@@ -314,7 +315,7 @@ def generate(
     config: InferencerConfig,
     output_path: Path,
     *,
-    chat_template: tuple[str, str] | None = None,
+    chat_template: ChatTemplate | None = None,
 ) -> GenerationResult:
     """Generate a response for every row of ``dataset`` and publish the JSONL atomically at ``output_path``.
 
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = load_settings(args.config)
     dataset = load_test_data(settings.inferencer, settings.base_dir, os.environ.get("HF_TOKEN"))
-    template = load_chat_template(settings.fine_tuner.chat_template, settings.base_dir)
+    template = configured_chat_template(settings)
     result = generate(args.model, dataset, settings.inferencer, args.output, chat_template=template)
     print(json.dumps({"jsonl": str(result.jsonl_path), **result.metrics}, indent=2))
 

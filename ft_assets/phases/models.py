@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ft_assets.config import EMBEDDED_SMOLLM2, EMBEDDED_TINY, load_settings
+from ft_assets.config import EMBEDDED_SMOLLM2, EMBEDDED_TINY, Settings, load_settings
 from ft_assets.errors import FtAssetsError
 from ft_assets.phases.io import atomic_directory, sha256_tree, write_json
 
@@ -275,28 +275,59 @@ def _download_from_hub(model_id: str, token: str | None) -> ResolvedModel:
     return ResolvedModel(model_id, path, model_content_hash(path), "hub")
 
 
-def load_chat_template(spec: str | None, base_dir: Path) -> tuple[str, str] | None:
-    """``chat_template`` config -> (template, end-of-turn token): a family name or a Jinja file."""
+#: A chat template and the token that ends a turn in it; None in either keeps the tokenizer's own.
+ChatTemplate = tuple[str | None, str | None]
+
+
+def load_chat_template(
+    spec: str | None, base_dir: Path, end_of_turn: str | None = None
+) -> ChatTemplate | None:
+    """``[fine_tuner] chat_template`` and ``end_of_turn_token`` -> (template, end-of-turn token).
+
+    ``spec``: a family name (its template and end-of-turn token) or a Jinja file (the tokenizer's EOS ends a
+    turn unless ``end_of_turn`` names another token); None keeps the tokenizer's template. ``end_of_turn``
+    overrides the token. None when neither is configured.
+    """
     if spec is None:
-        return None
+        return None if end_of_turn is None else (None, end_of_turn)
     if spec in TEMPLATE_FAMILIES:
-        return TEMPLATE_FAMILIES[spec]
+        template, family_end_of_turn = TEMPLATE_FAMILIES[spec]
+        return template, end_of_turn or family_end_of_turn
     file = Path(spec) if Path(spec).is_absolute() else base_dir / spec
     if not file.is_file():
         raise ModelError(
             f"chat_template {spec!r} is neither a known family ({', '.join(TEMPLATE_FAMILIES)}) nor a file ({file})"
         )
-    return file.read_text(), "<|im_end|>"
+    return file.read_text(), end_of_turn
 
 
-def load_tokenizer(path: Path, *, chat_template: tuple[str, str] | None = None) -> Any:
-    """The model's tokenizer, with a chat template, an end-of-turn EOS and a pad token."""
+def configured_chat_template(settings: Settings) -> ChatTemplate | None:
+    """The chat template ``[fine_tuner]`` configures (:func:`load_chat_template` of its keys)."""
+    tuner = settings.fine_tuner
+    return load_chat_template(tuner.chat_template, settings.base_dir, tuner.end_of_turn_token)
+
+
+def load_tokenizer(path: Path, *, chat_template: ChatTemplate | None = None) -> Any:
+    """The model's tokenizer, with a chat template, an end-of-turn EOS and a pad token.
+
+    The end-of-turn token becomes the EOS, so that training teaches the model to emit it and generation
+    stops at it; it must be one token of the vocabulary, or neither would work.
+    """
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     if chat_template is not None:
-        tokenizer.chat_template, end_of_turn = chat_template
-        if end_of_turn in tokenizer.get_vocab():
+        template, end_of_turn = chat_template
+        if template is not None:
+            tokenizer.chat_template = template
+        if end_of_turn is not None:
+            if end_of_turn not in tokenizer.get_vocab():
+                raise ModelError(
+                    f"end-of-turn token {end_of_turn!r} ([fine_tuner] end_of_turn_token, or the chat_template "
+                    f"family's) is not a token of the tokenizer in {path}: the model could not learn to end "
+                    "its turns, nor generation stop there; set [fine_tuner] end_of_turn_token to a token of "
+                    "its vocabulary"
+                )
             tokenizer.eos_token = end_of_turn
     if not tokenizer.chat_template:
         raise ModelError(

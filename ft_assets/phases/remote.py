@@ -239,14 +239,14 @@ def loss_table(log_history: list[dict[str, Any]]) -> str:
 
 def _infer(request: PhaseRequest, settings: Settings, run: PhaseRun, log: LogSink) -> PhaseOutcome:
     from ft_assets.phases.generation import generate, load_test_data
-    from ft_assets.phases.models import load_chat_template
+    from ft_assets.phases.models import configured_chat_template
 
     if request.model_dir is None or request.model_hash is None:
         raise ValueError(f"phase request ({request.phase}) names no model directory or model hash")
     output = Path(request.output)
     dataset = load_test_data(settings.inferencer, settings.base_dir, _hf_token())
     run.log_dataset("test", dataset.content_hash, dataset.resolved, "testing")
-    template = load_chat_template(settings.fine_tuner.chat_template, settings.base_dir)
+    template = configured_chat_template(settings)
     result = generate(Path(request.model_dir), dataset, settings.inferencer, output, chat_template=template)
     run.log_metrics(result.metrics)
     run.log_params(

@@ -34,8 +34,8 @@ from ft_assets.phases.models import (
     DeviceInfo,
     ModelError,
     ResolvedModel,
+    configured_chat_template,
     detect_device,
-    load_chat_template,
     load_tokenizer,
     resolve_base_model,
 )
@@ -399,7 +399,7 @@ def train(
     _check_packing(config, device)
     if config.push_to_hub and not hub_token:
         raise ModelError("[fine_tuner] push_to_hub = true needs a Hugging Face token (HF_TOKEN or --hf-key)")
-    template = load_chat_template(config.chat_template, settings.base_dir)
+    template = configured_chat_template(settings)
     tokenizer = load_tokenizer(base.path, chat_template=template)
     train_examples, validation_examples, dropped = prepare_examples(
         settings, train_set, validation_set, tokenizer

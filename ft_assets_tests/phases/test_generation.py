@@ -26,7 +26,13 @@ from ft_assets.phases.generation import (
     load_for_inference,
     load_test_data,
 )
-from ft_assets.phases.models import MODEL_INFO_FILE, ModelError, detect_device, load_chat_template
+from ft_assets.phases.models import (
+    MODEL_INFO_FILE,
+    ModelError,
+    detect_device,
+    load_chat_template,
+    load_tokenizer,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEMO_TEST = PROJECT_ROOT / "data" / "demo" / "test.jsonl"
@@ -337,6 +343,29 @@ def test_chat_template_rules(tiny_model: Any, adapter_dir: Path, tmp_path: Path)
     assert tokenizer.decode(encode_prompts(tokenizer, example)[0]).startswith(
         "<|im_start|>user\nCapital of France?"
     )
+
+
+def test_the_end_of_turn_token_becomes_the_eos(tiny_model: Any, tmp_path: Path) -> None:
+    own = load_tokenizer(tiny_model.path)
+    assert own.eos_token == "<|im_end|>"
+    plain = tmp_path / "plain.jinja"
+    plain.write_text("{% for m in messages %}{{ m['content'] }}<|endoftext|>{% endfor %}")
+    # a Jinja file keeps the tokenizer's EOS unless end_of_turn_token names the template's own
+    assert load_tokenizer(
+        tiny_model.path, chat_template=load_chat_template(str(plain), tmp_path)
+    ).eos_token == ("<|im_end|>")
+    configured = load_chat_template(str(plain), tmp_path, "<|endoftext|>")
+    assert load_tokenizer(tiny_model.path, chat_template=configured).eos_token == "<|endoftext|>"
+    # without a chat_template, the token applies to the tokenizer's own template, which stays
+    only_token = load_tokenizer(
+        tiny_model.path, chat_template=load_chat_template(None, tmp_path, "<|endoftext|>")
+    )
+    assert only_token.eos_token == "<|endoftext|>" and only_token.chat_template == own.chat_template
+    assert load_chat_template("chatml", tmp_path, "<|endoftext|>")[1] == "<|endoftext|>"
+    with pytest.raises(
+        ModelError, match=r"end-of-turn token '<\|eot_id\|>' .* is not a token of the tokenizer"
+    ):
+        load_tokenizer(tiny_model.path, chat_template=load_chat_template("chatml", tmp_path, "<|eot_id|>"))
 
 
 def test_system_prompt_override_reaches_the_prompt(adapted: tuple[Any, Any]) -> None:

@@ -442,6 +442,12 @@ CASES = [
         ModelError, "[fine_tuner] chat_template", "'templates/absent.jinja' is neither a known family",
     ),
     case(
+        "end-of-turn-token-not-in-the-vocabulary",
+        lambda ws: ws.config({"fine_tuner": {"end_of_turn_token": "<|eot_id|>"}}),
+        ModelError, "end-of-turn token '<|eot_id|>'", "[fine_tuner] end_of_turn_token",
+        "is not a token of the tokenizer in",
+    ),
+    case(
         "adapter-of-another-base-model",
         lambda ws: _with_adapter(ws, "wider"),
         ModelError, "does not fit base model", "[fine_tuner] base_model_id = 'embedded:tiny-llama'",
