@@ -236,6 +236,8 @@ class PipelineConfig(_Section):
     artifacts_root: str = "artifacts"
     #: Converted/cached base models; unset: ``<artifacts_root>/base_model``. Share it across projects.
     model_cache_dir: str | None = None
+    #: Checkpoints of other training jobs untouched this long are removed when training starts (unset: kept).
+    checkpoint_retention_days: float | None = Field(14.0, gt=0)
 
 
 class Settings(_Section):

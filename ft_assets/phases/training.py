@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -40,6 +41,7 @@ from ft_assets.phases.models import (
     resolve_base_model,
 )
 
+logger = logging.getLogger(__name__)
 LogCallback = Callable[[Mapping[str, float], int], None]
 #: Config keys that do not change what is trained, so a change of them keeps resumable checkpoints.
 _NON_TRAINING_KEYS = {
@@ -103,6 +105,41 @@ def last_checkpoint(checkpoint_dir: Path) -> Path | None:
     steps = {path: _checkpoint_step(path) for path in checkpoint_dir.glob("checkpoint-*")}
     complete = {path: step for path, step in steps.items() if step is not None}
     return max(complete, key=complete.__getitem__, default=None)
+
+
+def _newest_change(folder: Path) -> float:
+    """The newest modification time of ``folder`` and of anything in it."""
+    times = [folder.stat().st_mtime]
+    for parent, _, files in os.walk(folder):
+        times.append(Path(parent).stat().st_mtime)
+        times.extend((Path(parent) / name).stat().st_mtime for name in files)
+    return max(times)
+
+
+def prune_stale_checkpoints(
+    checkpoint_root: Path, *, keep: str, max_age_days: float, now: float | None = None
+) -> list[Path]:
+    """Remove the checkpoint folders of other training jobs (fingerprints) untouched for ``max_age_days``.
+
+    A job's checkpoints are removed when it publishes; these are left by runs that failed or were killed
+    and never resumed because their config or data changed since. A job still training writes a checkpoint
+    every ``save_steps``, so its folder is never that old. Returns the removed folders.
+    """
+    if not checkpoint_root.is_dir():
+        return []
+    cutoff = (time.time() if now is None else now) - max_age_days * 86400
+    removed = []
+    for folder in sorted(checkpoint_root.iterdir()):
+        if folder.name == keep or not folder.is_dir():
+            continue
+        try:
+            stale = _newest_change(folder) < cutoff
+        except FileNotFoundError:  # removed meanwhile, by its own job publishing
+            continue
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def _token_count(example: Example, tokenizer: Any) -> int:
@@ -410,6 +447,11 @@ def train(
         data_versions["validation"] = validation_set.content_hash
     fingerprint = training_fingerprint(config, base, data_versions)
     checkpoint_dir = checkpoint_root / fingerprint
+    retention_days = settings.pipeline.checkpoint_retention_days
+    # under DDP every rank runs this; one of them prunes
+    if retention_days is not None and os.environ.get("RANK", "0") == "0":
+        for stale in prune_stale_checkpoints(checkpoint_root, keep=fingerprint, max_age_days=retention_days):
+            logger.info(f"removed checkpoints untouched for {retention_days:g} days: {stale}")
     resume = last_checkpoint(checkpoint_dir)
     # read now: checkpoint rotation during training may delete this directory
     resumed_from_step = _checkpoint_step(resume) if resume else None

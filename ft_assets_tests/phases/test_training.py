@@ -39,6 +39,7 @@ from ft_assets.phases.training import (
     last_checkpoint,
     load_training_data,
     prepare_examples,
+    prune_stale_checkpoints,
     train,
     training_fingerprint,
 )
@@ -634,3 +635,37 @@ def test_text_rows_train_on_the_whole_text(
     record = trainer.train_dataset[0]
     assert record["labels"] == record["input_ids"]
     assert tokenizer.decode(record["input_ids"]).endswith("<|im_end|>")
+
+
+def _age(folder: Path, days: float) -> None:
+    """Date ``folder`` and everything in it ``days`` back."""
+    stamp = time.time() - days * 86400
+    for path in [folder, *folder.rglob("*")]:
+        os.utime(path, (stamp, stamp))
+
+
+def test_checkpoints_of_abandoned_jobs_are_pruned_when_training_starts(
+    tmp_path: Path, model_cache: Path, tiny_model: ResolvedModel, data_dir: Path
+) -> None:
+    settings = settings_for(tmp_path, model_cache, data_dir / "short.jsonl", max_steps=1)
+    root = settings.artifacts_root / "fine_tuned_model" / "checkpoints"
+    abandoned, recent, touched = root / "abandoned", root / "recent", root / "old-but-touched"
+    for folder in (abandoned, recent, touched):
+        (folder / "checkpoint-2").mkdir(parents=True)
+        (folder / "checkpoint-2" / "adapter_model.safetensors").write_bytes(b"x")
+    _age(abandoned, 15)
+    _age(recent, 13)
+    _age(touched, 30)
+    os.utime(touched / "checkpoint-2" / "adapter_model.safetensors")  # one file written just now
+
+    run_training(settings, tiny_model, tmp_path / "out")  # default retention: 14 days
+    assert sorted(p.name for p in root.iterdir()) == ["old-but-touched", "recent"]
+
+    kept_forever = settings.model_copy(
+        update={"pipeline": settings.pipeline.model_copy(update={"checkpoint_retention_days": None})}
+    )
+    _age(recent, 400)
+    assert prune_stale_checkpoints(root, keep="recent", max_age_days=1) == []
+    run_training(kept_forever, tiny_model, tmp_path / "out-2")
+    assert (root / "recent").is_dir()
+    assert prune_stale_checkpoints(root, keep="none", max_age_days=365) == [root / "recent"]
