@@ -134,6 +134,12 @@ class FineTunerConfig(DatasetColumns):
     def _one_quantization(self) -> FineTunerConfig:
         if self.load_in_4bit and self.load_in_8bit:
             raise ValueError("load_in_4bit and load_in_8bit are both true; choose at most one")
+        if self.method == "full" and (self.load_in_4bit or self.load_in_8bit):
+            bits = "load_in_4bit" if self.load_in_4bit else "load_in_8bit"
+            raise ValueError(
+                f"method = 'full' with {bits} = true: quantized weights cannot be fully fine-tuned; "
+                f"set method = 'lora' (QLoRA) or {bits} = false"
+            )
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub = true needs hub_model_id")
         return self
@@ -317,16 +323,21 @@ def _expand_env(value: Any, where: str, source: str) -> Any:
     return value
 
 
-def _model_for(loc: tuple[Any, ...]) -> type[BaseModel]:
-    model: type[BaseModel] = Settings
+def _models_along(loc: tuple[Any, ...]) -> list[type[BaseModel]]:
+    """The settings model, then the section model each leading part of ``loc`` names."""
+    models: list[type[BaseModel]] = [Settings]
     for part in loc:
-        field = model.model_fields.get(str(part))
+        field = models[-1].model_fields.get(str(part))
         annotation = getattr(field, "annotation", None) if field else None
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            model = annotation
-        else:
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             break
-    return model
+        models.append(annotation)
+    return models
+
+
+def _is_section(loc: tuple[Any, ...]) -> bool:
+    """Whether ``loc`` names a whole section (a nested model), not a key."""
+    return bool(loc) and len(_models_along(loc)) == len(loc) + 1
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
@@ -336,16 +347,21 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
         section = ".".join(str(p) for p in loc[:-1]) or "<top level>"
         key = str(loc[-1]) if loc else "<top level>"
         if item["type"] == "extra_forbidden":
-            parent = _model_for(loc[:-1])
+            parent = _models_along(loc[:-1])[-1]
             hint = _did_you_mean(key, parent.model_fields)
             if len(loc) == 1:
                 lines.append(f"{source}: unknown section [{key}]{hint}")
             else:
                 lines.append(f"{source}: [{section}] unknown key {key!r}{hint}")
         else:
+            # pydantic prefixes the message of a ValueError raised by a validator
+            message = item["msg"].removeprefix("Value error, ")
             got = item.get("input")
+            if isinstance(got, dict) and _is_section(loc):  # a check across the keys of a section
+                lines.append(f"{source}: [{'.'.join(str(p) for p in loc)}] {message}")
+                continue
             got_text = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"{source}: [{section}] {key}: {item['msg']}{got_text}")
+            lines.append(f"{source}: [{section}] {key}: {message}{got_text}")
     return "\n".join(lines)
 
 

@@ -209,12 +209,6 @@ def _check_training_config(settings: Settings, env: Mapping[str, str], report: P
     from transformers.training_args import OptimizerNames
 
     tuner = settings.fine_tuner
-    if tuner.method == "full" and (tuner.load_in_4bit or tuner.load_in_8bit):
-        bits = "load_in_4bit" if tuner.load_in_4bit else "load_in_8bit"
-        raise ConfigError(
-            f"[fine_tuner] method = 'full' with {bits} = true: quantized weights cannot be fully fine-tuned; "
-            f"set method = 'lora' (QLoRA) or {bits} = false"
-        )
     if isinstance(tuner.target_modules, list) and not tuner.target_modules:
         raise ConfigError("[fine_tuner] target_modules is an empty list; name modules or use 'all-linear'")
     for key, value, names in (

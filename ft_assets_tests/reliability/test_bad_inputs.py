@@ -180,7 +180,7 @@ CASES = [
     case(
         "4bit-and-8bit",
         lambda ws: ws.config({"fine_tuner": {"load_in_4bit": True, "load_in_8bit": True}}),
-        ConfigError, "fine_tuner", "load_in_4bit and load_in_8bit are both true",
+        ConfigError, "{config}: [fine_tuner] load_in_4bit and load_in_8bit are both true",
     ),
     case(
         "full-finetuning-of-quantized-weights",
@@ -245,7 +245,7 @@ CASES = [
     case(
         "push-to-hub-without-repo",
         lambda ws: ws.config({"fine_tuner": {"push_to_hub": True}}),
-        ConfigError, "fine_tuner", "push_to_hub = true needs hub_model_id",
+        ConfigError, "{config}: [fine_tuner] push_to_hub = true needs hub_model_id",
     ),
     case(
         "cuda-forced-without-gpu",
