@@ -23,10 +23,10 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import dagster as dg
-import psutil
+
+from ft_assets.processes import ProcessIdentity
 
 #: Run tag: ``<host>/<pid>/<process start time>`` of the process that orchestrates the run.
 ORCHESTRATOR_TAG = "ft_assets/orchestrator"
@@ -34,45 +34,7 @@ ORCHESTRATOR_TAG = "ft_assets/orchestrator"
 UNFINISHED_STATUSES = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 #: Engine-event messages with which the in-process and multiprocess executors name their process.
 _EXECUTOR_START_MESSAGES = ("Executing steps in process", "Executing steps using multiprocess executor")
-#: Start times are compared to the precision the tag keeps.
-_START_TIME_TOLERANCE_S = 0.05
 SENSOR_INTERVAL_S = 60
-
-
-@dataclass(frozen=True)
-class ProcessIdentity:
-    """A process, told apart from a later one that reuses its pid by its start time."""
-
-    host: str
-    pid: int
-    started: float
-
-    @classmethod
-    def of(cls, pid: int) -> ProcessIdentity:
-        return cls(socket.gethostname(), pid, psutil.Process(pid).create_time())
-
-    def encode(self) -> str:
-        return f"{self.host}/{self.pid}/{self.started:.2f}"
-
-    @classmethod
-    def decode(cls, value: str) -> ProcessIdentity | None:
-        parts = value.rsplit("/", 2)
-        if len(parts) != 3 or not parts[0]:
-            return None
-        try:
-            return cls(parts[0], int(parts[1]), float(parts[2]))
-        except ValueError:
-            return None
-
-    def is_alive(self) -> bool:
-        """Whether the process still runs on this host (a zombie or a reused pid does not count)."""
-        try:
-            process = psutil.Process(self.pid)
-            if process.status() == psutil.STATUS_ZOMBIE:
-                return False
-            return abs(process.create_time() - self.started) <= _START_TIME_TOLERANCE_S
-        except psutil.NoSuchProcess:
-            return False
 
 
 def _orchestrator_pid(instance: dg.DagsterInstance, run_id: str) -> int | None:

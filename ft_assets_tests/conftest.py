@@ -63,3 +63,17 @@ def mlflow_server() -> Any:
     from ft_assets_tests.mlflow_server import shared_mlflow_server
 
     return shared_mlflow_server()
+
+
+@pytest.fixture(scope="session")
+def exited_process() -> Any:
+    """The :class:`~ft_assets.processes.ProcessIdentity` of a real process that has since exited."""
+    import subprocess
+    import sys
+
+    from ft_assets.processes import ProcessIdentity
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
+    identity = ProcessIdentity.of(child.pid)
+    child.wait()
+    return identity

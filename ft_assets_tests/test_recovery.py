@@ -6,9 +6,6 @@ have exited; the end-to-end case (``dagster job execute`` SIGKILLed, then a reru
 """
 
 import os
-import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,13 +15,8 @@ import pytest
 import yaml
 from dagster._core.utils import make_new_run_id
 
-from ft_assets.recovery import (
-    ORCHESTRATOR_TAG,
-    ProcessIdentity,
-    fail_orphaned_runs,
-    orphaned_run_sensor,
-    record_orchestrator,
-)
+from ft_assets.processes import ProcessIdentity
+from ft_assets.recovery import ORCHESTRATOR_TAG, fail_orphaned_runs, orphaned_run_sensor, record_orchestrator
 from ft_assets.resources.launcher import ComputeLauncher
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -37,15 +29,6 @@ def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
     config = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text(encoding="utf-8"))
     with dg.instance_for_test(temp_dir=str(tmp_path), overrides=config) as test_instance:
         yield test_instance
-
-
-@pytest.fixture(scope="module")
-def exited_process() -> ProcessIdentity:
-    """The identity of a real process that has since exited."""
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
-    identity = ProcessIdentity.of(child.pid)
-    child.wait()
-    return identity
 
 
 def started_run(instance: dg.DagsterInstance, identity: ProcessIdentity | None, *, hold_slot: bool) -> str:
@@ -70,18 +53,6 @@ def status(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRunStatus:
     run = instance.get_run_by_id(run_id)
     assert run is not None
     return run.status
-
-
-def test_a_process_identity_survives_its_tag_and_tells_a_reused_pid_apart(
-    exited_process: ProcessIdentity,
-) -> None:
-    me = ProcessIdentity.of(os.getpid())
-    assert ProcessIdentity.decode(me.encode()) == ProcessIdentity(me.host, me.pid, round(me.started, 2))
-    assert me.host == socket.gethostname() and me.is_alive()
-    assert not exited_process.is_alive()
-    assert not ProcessIdentity(me.host, me.pid, me.started - 100).is_alive()  # same pid, another process
-    for garbage in ("", "host", "host/12", "host/pid/1.0", "/12/1.0", "host/12/start"):
-        assert ProcessIdentity.decode(garbage) is None, garbage
 
 
 def test_only_runs_whose_process_is_gone_from_this_host_are_failed_and_their_slot_freed(

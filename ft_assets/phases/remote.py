@@ -11,6 +11,8 @@ are the same whatever the launcher:
   extras, attaches to the child run named by ``MLFLOW_RUN_ID`` (see ``PhaseRun.subprocess_env``), runs
   :func:`execute`, and reports back through Pipes: metadata and data version with
   ``report_asset_materialization``, the asset's value with ``report_custom_message``, progress with ``log``.
+  Launched as a local subprocess, it stops when the process that launched it is gone
+  (:mod:`ft_assets.processes`).
 
 Secrets (``HF_TOKEN``, ``OPENAI_API_KEY``, ``MLFLOW_TRACKING_PASSWORD``) are read from the environment
 here; a request never carries them. Under a multi-process launcher every rank trains (DDP/FSDP need all of
@@ -31,6 +33,7 @@ from typing import Any
 
 from ft_assets.config import Settings, build_settings
 from ft_assets.phases.models import ResolvedModel
+from ft_assets.processes import exit_when_orchestrator_gone
 from ft_assets.tracking import LogSink, PhaseRun, redact, strip_credentials
 
 #: The Pipes extra that carries the :class:`PhaseRequest`.
@@ -343,6 +346,7 @@ def main() -> None:
             "Pipes; to run a phase alone use python -m ft_assets.phases.training or "
             "python -m ft_assets.phases.generation"
         )
+    exit_when_orchestrator_gone()
     rank = process_rank()
     if rank != 0:
         # Other ranks train alongside rank 0 untracked; train() publishes from rank 0 alone.

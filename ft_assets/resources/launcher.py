@@ -9,6 +9,7 @@ process only as environment variables: inherited by a subprocess, ``secretKeyRef
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import urllib.parse
@@ -22,6 +23,7 @@ from pydantic import Field
 
 from ft_assets.config import ConfigError
 from ft_assets.phases.remote import REQUEST_EXTRA, VALUE_MESSAGE_KEY, PhaseOutcome, PhaseRequest
+from ft_assets.processes import ORCHESTRATOR_ENV, ProcessIdentity
 from ft_assets.recovery import fail_orphaned_runs
 from ft_assets.tracking import PhaseRun
 
@@ -167,6 +169,8 @@ class ComputeLauncher(dg.ConfigurableResource):
         extras = {REQUEST_EXTRA: request.to_json()}
         env = {**self.env, **run.subprocess_env()}
         if self.mode == "subprocess":
+            # the phase's processes stop if this one is killed, rather than train on for nobody
+            env[ORCHESTRATOR_ENV] = ProcessIdentity.of(os.getpid()).encode()
             invocation = dg.PipesSubprocessClient().run(
                 context=context, command=self.command(request.phase), extras=extras, env=env
             )
