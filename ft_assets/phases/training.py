@@ -191,12 +191,7 @@ def _load_model(base: ResolvedModel, config: FineTunerConfig, device: DeviceInfo
 
     quantization = _quantization_config(config, device)
     kwargs: dict[str, Any] = {"dtype": device.torch_dtype()}
-    if quantization is not None:
-        if config.method == "full":
-            raise ModelError(
-                "[fine_tuner] method = 'full' cannot train quantized weights; "
-                "set load_in_4bit/load_in_8bit = false or method = 'lora' (QLoRA)"
-            )
+    if quantization is not None:  # the config refuses quantization with method = 'full'
         kwargs["quantization_config"] = quantization
         # bitsandbytes quantizes while loading, on the device the weights are placed on
         # each DDP rank quantizes onto its own GPU

@@ -299,7 +299,6 @@ def test_overlong_rows_are_an_error_naming_the_row(
             {"push_to_hub": True, "hub_model_id": "someone/adapter"},
             "push_to_hub = true needs a Hugging Face token",
         ),
-        ({"method": "full", "load_in_4bit": True}, "method = 'full' cannot train quantized weights"),
     ],
 )
 def test_unsafe_or_impossible_setups_are_refused_before_writing(
