@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import psutil
 import pytest
 from mlflow import MlflowClient
 
@@ -53,10 +54,16 @@ TRAIN_STEPS = 30
 # ------------------------------------------------------------------------------------------------ helpers
 
 
-def start_job(home: Path, config: Path, job: str, log: Path) -> subprocess.Popen[bytes]:
-    """``dagster job execute`` of ``job`` against the instance in ``home``, in its own process group."""
+def start_job(
+    home: Path, config: Path, job: str, log: Path, launcher: dict[str, Any] | None = None
+) -> subprocess.Popen[bytes]:
+    """``dagster job execute`` of ``job`` against the instance in ``home``, in its own process group, with
+    ``launcher`` as the launcher resource's config."""
     run_config = log.with_suffix(".yaml")
-    run_config.write_text(f"resources:\n  settings:\n    config:\n      config_path: {config}\n")
+    resources = {"settings": {"config": {"config_path": str(config)}}}
+    if launcher:
+        resources["launcher"] = {"config": launcher}
+    run_config.write_text(json.dumps({"resources": resources}))  # JSON is YAML
     command = [str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m", "ft_assets.definitions",
                "-j", job, "-c", str(run_config)]  # fmt: skip
     # unbuffered: the test watches the output for the moment to strike
@@ -250,6 +257,42 @@ def test_a_killed_inference_run_publishes_no_jsonl_and_its_rerun_is_complete(
 
 def _text(path: Path) -> str:
     return path.read_text(errors="replace") if path.exists() else ""
+
+
+def test_a_phase_subprocess_stops_when_its_orchestrator_alone_is_killed(
+    tmp_path: Path, model_cache: Path, tiny_model: ResolvedModel, mlflow_store_template: Path
+) -> None:
+    home = dagster_home(tmp_path)
+    fresh_store(mlflow_store_template, tmp_path)
+    long_training = {"fine_tuner": {"max_steps": 5000, "save_steps": 5000}, "mlflow": {"log_model": False}}
+    config = ci_config(tmp_path / "pipeline.toml", tmp_path, model_cache, long_training)
+    log = tmp_path / "job.log"
+    job = start_job(home, config, "finetuning_job", log, launcher={"mode": "subprocess"})
+    try:
+        phases: list[psutil.Process] = []
+
+        def training() -> bool:
+            phases[:] = [
+                child
+                for child in psutil.Process(job.pid).children(recursive=True)
+                if "ft_assets.phases.remote" in " ".join(child.cmdline())
+            ]
+            # past its imports and into loading the model or training
+            return bool(phases) and sum(phases[0].cpu_times()[:2]) > 8
+
+        deadline = time.monotonic() + KILL_DEADLINE_S
+        while not training():
+            assert job.poll() is None and time.monotonic() < deadline, _text(log)[-3000:]
+            time.sleep(0.2)
+        os.kill(job.pid, signal.SIGKILL)  # the orchestrator alone, as the OOM killer would
+        _, alive = psutil.wait_procs(phases, timeout=60)
+        assert not alive, f"the phase process trained on after its orchestrator was killed: {alive}"
+        # the phase's stderr is the step's, which Dagster captures into the run's compute logs
+        said = f"the process that launched this phase (pid {job.pid}) is gone: stopping"
+        assert any(said in _text(path) for path in (home / "storage").rglob("*.err"))
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait(timeout=60)
 
 
 # ------------------------------------------------------------------------------------ judge failures
