@@ -15,6 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from ft_assets import definitions as code_location
 from ft_assets.assets.common import PREFLIGHT_TAG
+from ft_assets.processes import ProcessIdentity
+from ft_assets.recovery import ORCHESTRATOR_TAG
 from ft_assets_tests.helpers import pipeline_resources
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -180,19 +182,23 @@ def test_dagster_job_execute_cli(
     experiment = f"cli-{tmp_path.name}"
     env = {**os.environ, "DAGSTER_HOME": str(home), "MLFLOW_EXPERIMENT_NAME": experiment}
     dagster = str(Path(sys.executable).parent / "dagster")
-    completed = subprocess.run(
+    process = subprocess.Popen(
         [dagster, "job", "execute", "-m", module, "-j", job, "-c", str(run_config)],
         cwd=PROJECT_ROOT,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=900,
     )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    stdout, stderr = process.communicate(timeout=900)
+    assert process.returncode == 0, stdout[-3000:] + stderr[-3000:]
     instance = dg.DagsterInstance.from_config(str(home))
     runs = instance.get_runs()
     assert len(runs) == 1 and runs[0].status == dg.DagsterRunStatus.SUCCESS
     assert_run_tree(tracking_uri, experiment, runs[0].run_id)
+    # the GPU steps named the CLI process as the run's orchestrator, whichever process ran them
+    orchestrator = ProcessIdentity.decode(runs[0].tags[ORCHESTRATOR_TAG])
+    assert orchestrator is not None and orchestrator.pid == process.pid
 
 
 @pytest.mark.parametrize(
