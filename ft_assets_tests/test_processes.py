@@ -78,18 +78,21 @@ def test_a_phase_process_exits_when_its_launcher_is_killed(tmp_path: Path) -> No
     launcher = subprocess.Popen(
         [sys.executable, "-c", LAUNCHER, PHASE, str(log)], stdout=subprocess.PIPE, text=True
     )
+    phase: list[psutil.Process] = []
     try:
         assert launcher.stdout is not None
-        child = psutil.Process(int(launcher.stdout.readline()))
+        phase.append(psutil.Process(int(launcher.stdout.readline())))
         time.sleep(1.0)  # the child is up and watching
-        assert child.is_running()
+        assert phase[0].is_running()
         os.kill(launcher.pid, signal.SIGKILL)  # the launcher alone: its child is not signalled
         launcher.wait(timeout=10)
-        child.wait(timeout=30)  # not our child: psutil cannot tell its exit status
+        phase[0].wait(timeout=30)  # not our child: psutil cannot tell its exit status
         assert (
             f"the process that launched this phase (pid {launcher.pid}) is gone: stopping" in log.read_text()
         )
     finally:
+        # only these two: the test session has other children (the shared MLflow server)
         launcher.kill()
-        for process in psutil.Process(os.getpid()).children(recursive=True):
-            process.kill()
+        for process in phase:
+            if process.is_running():
+                process.kill()
