@@ -28,12 +28,14 @@ def write_config(root: Path, name: str, mlflow: dict[str, object]) -> Path:
     )
 
 
-def run_chain(config: Path) -> float:
+def run_chain(config: Path, tags: dict[str, str] | None = None) -> float:
+    """Seconds one in-process run of the whole chain takes (a fresh ephemeral instance)."""
     job = defs.resolve_job_def("fine_tune_pipeline")
     started = time.perf_counter()
     result = job.execute_in_process(
         instance=dg.DagsterInstance.ephemeral(),
         resources={**defs.resources, "settings": PipelineSettings(config_path=str(config))},
+        tags=tags,
     )
     assert result.success
     return time.perf_counter() - started
