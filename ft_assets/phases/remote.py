@@ -158,7 +158,7 @@ def execute(request: PhaseRequest, run: PhaseRun, log: LogSink = _log) -> PhaseO
 
 
 def _finetune(request: PhaseRequest, settings: Settings, run: PhaseRun, log: LogSink) -> PhaseOutcome:
-    from ft_assets.phases.training import load_training_data, train
+    from ft_assets.phases.training import checkpoint_root, load_training_data, train
 
     base = request.resolved_base_model()
     output_dir = Path(request.output)
@@ -175,7 +175,7 @@ def _finetune(request: PhaseRequest, settings: Settings, run: PhaseRun, log: Log
         train_set,
         validation_set,
         output_dir=output_dir,
-        checkpoint_root=settings.artifacts_root / "fine_tuned_model" / "checkpoints",
+        checkpoint_root=checkpoint_root(settings),
         on_log=lambda logs, step: run.log_metrics(logs, step=step),
         hub_token=token,
     )

@@ -562,6 +562,11 @@ def _push_to_hub(output_dir: Path, config: FineTunerConfig, token: str | None) -
     return str(repo)
 
 
+def checkpoint_root(settings: Settings) -> Path:
+    """Where training keeps its checkpoints, one folder per training fingerprint."""
+    return settings.artifacts_root / "fine_tuned_model" / "checkpoints"
+
+
 def load_training_data(
     settings: Settings, token: str | None = None
 ) -> tuple[LoadedDataset, LoadedDataset | None]:
@@ -610,7 +615,7 @@ def main(argv: list[str] | None = None) -> None:
         train_set,
         validation_set,
         output_dir=args.output.resolve(),
-        checkpoint_root=settings.artifacts_root / "fine_tuned_model" / "checkpoints",
+        checkpoint_root=checkpoint_root(settings),
         on_log=lambda logs, step: print(json.dumps({"step": step, **logs}), flush=True),
         hub_token=token,
     )

@@ -36,6 +36,7 @@ from ft_assets.phases.models import (
 from ft_assets.phases.training import (
     TrainingResult,
     build_trainer,
+    checkpoint_root,
     last_checkpoint,
     load_training_data,
     prepare_examples,
@@ -91,7 +92,7 @@ def run_training(
         train_set,
         validation_set,
         output_dir=output_dir,
-        checkpoint_root=settings.artifacts_root / "fine_tuned_model" / "checkpoints",
+        checkpoint_root=checkpoint_root(settings),
         **kwargs,
     )
     return result, train_set
@@ -475,7 +476,7 @@ def test_outputs_hold_adapter_tokenizer_template_and_metadata(
     # trained rows: the 8 short ones, in 40 steps of 8
     assert result.metrics["trained_tokens"] > 0 and result.metrics["tokens_per_s"] > 0
     # checkpoints are removed once the adapter is published
-    checkpoints = shared_run.settings.artifacts_root / "fine_tuned_model" / "checkpoints"
+    checkpoints = checkpoint_root(shared_run.settings)
     assert not (checkpoints / result.fingerprint).exists()
     assert not [p for p in out.parent.iterdir() if ".partial-" in p.name]
 
@@ -567,7 +568,7 @@ def test_killed_run_resumes_from_its_newest_checkpoint(
     config_path = write_config({"fine_tuner": fine_tuner})
     output = tmp_path / "adapter"
     settings = load_settings(config_path)
-    checkpoint_root = settings.artifacts_root / "fine_tuned_model" / "checkpoints"
+    checkpoints = checkpoint_root(settings)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
         [
@@ -591,7 +592,7 @@ def test_killed_run_resumes_from_its_newest_checkpoint(
             assert process.poll() is None, process.stdout.read().decode()[-3000:]
             assert time.monotonic() < deadline, "no checkpoint appeared"
             assert not output.exists(), "nothing may be published before training ends"
-            checkpoint = next((last_checkpoint(d) for d in checkpoint_root.glob("*")), None)
+            checkpoint = next((last_checkpoint(d) for d in checkpoints.glob("*")), None)
             time.sleep(0.05)
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
@@ -619,7 +620,7 @@ def test_killed_run_resumes_from_its_newest_checkpoint(
     assert info["resumed_from_step"] == newest_saved and info["metrics"]["steps"] == max_steps
     model, tokenizer = load_for_inference(output, detect_device("cpu"))
     assert tokenizer.eos_token == "<|im_end|>" and model is not None
-    assert not (checkpoint_root / result.fingerprint).exists()
+    assert not (checkpoints / result.fingerprint).exists()
 
 
 def test_text_rows_train_on_the_whole_text(
@@ -647,7 +648,7 @@ def test_checkpoints_of_abandoned_jobs_are_pruned_when_training_starts(
     tmp_path: Path, model_cache: Path, tiny_model: ResolvedModel, data_dir: Path
 ) -> None:
     settings = settings_for(tmp_path, model_cache, data_dir / "short.jsonl", max_steps=1)
-    root = settings.artifacts_root / "fine_tuned_model" / "checkpoints"
+    root = checkpoint_root(settings)
     abandoned, recent, touched = root / "abandoned", root / "recent", root / "old-but-touched"
     for folder in (abandoned, recent, touched):
         (folder / "checkpoint-2").mkdir(parents=True)
