@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import importlib.util
 import math
 import os
 import statistics
@@ -34,6 +35,7 @@ from typing import Any
 
 from ft_assets.config import JUDGE_METRICS, EvaluatorConfig, JudgeConfig
 from ft_assets.errors import FtAssetsError
+from ft_assets.phases import metric_definitions, text_metrics
 
 OPENAI_KEY_ENV = "OPENAI_API_KEY"
 OPENAI_KEY_FLAG = "--openai-key"
@@ -54,6 +56,10 @@ METRIC_INPUTS: dict[str, tuple[str, ...]] = {
     "answer_relevancy": ("user_input", "response"),
     "faithfulness": ("user_input", "response", "retrieved_contexts"),
 }
+#: Metrics comparing two texts directly; they see them normalised (:func:`_normalised`).
+TEXT_METRICS = frozenset(
+    {"bleu_score", "rouge_score", "chrf_score", "exact_match", "string_presence", "non_llm_string_similarity"}
+)
 REFERENCE_METRICS = frozenset(name for name, inputs in METRIC_INPUTS.items() if "reference" in inputs)
 CONTEXT_METRICS = frozenset(name for name, inputs in METRIC_INPUTS.items() if "retrieved_contexts" in inputs)
 EMBEDDING_METRICS = frozenset({"semantic_similarity", "answer_relevancy", "answer_correctness"})
@@ -147,6 +153,10 @@ def embedding_model_dir(name: str) -> Path:
     )
 
 
+def _mecab_installed() -> bool:
+    return all(importlib.util.find_spec(module) is not None for module in ("MeCab", "ipadic"))
+
+
 def preflight(
     config: EvaluatorConfig, *, api_key: str | None, has_ground_truth: bool, has_contexts: bool
 ) -> None:
@@ -176,6 +186,11 @@ def preflight(
         problems.append(
             f"evaluator.metrics {contextual} judge the response against retrieved contexts, but no "
             "evaluation row has 'contexts'; remove them from evaluator.metrics"
+        )
+    if "bleu_score" in metrics and config.bleu_tokenize == "ja-mecab" and not _mecab_installed():
+        problems.append(
+            "evaluator.bleu_tokenize = 'ja-mecab' needs MeCab with its IPA dictionary, which is not installed "
+            "(pip install mecab-python3 ipadic); or set evaluator.bleu_tokenize to 'char' or 'auto'"
         )
     if any(name in EMBEDDING_METRICS for name in metrics):
         try:
@@ -240,7 +255,9 @@ def _metric_inputs(name: str, row: Mapping[str, Any], index: int) -> dict[str, A
     for argument in METRIC_INPUTS[name]:
         value = row.get(_ROW_FIELDS[argument])
         # An empty response is a result to score; an empty reference, question or context list is not.
-        if value is None or (argument != "response" and not value):
+        if value is None or (
+            argument != "response" and not (value.strip() if isinstance(value, str) else value)
+        ):
             return f"row {row.get('id', index)!r} has no {_ROW_FIELDS[argument]}"
         kwargs[argument] = value
     return kwargs
@@ -256,17 +273,31 @@ def _ragas() -> SimpleNamespace:
     from ragas.metrics import collections
     from ragas.metrics.result import MetricResult
 
-    class WholeTextBleu(collections.BleuScore):
-        """BLEU of the whole response against the whole reference, as one sacrebleu segment.
+    class SentenceBleu(collections.BleuScore):
+        """sacrebleu sentence BLEU with effective order, called directly.
 
-        ragas 0.4.3's BleuScore splits both texts on ". " and passes every reference sentence as an
-        alternative reference, so reordered or missing sentences still score 1.0.
+        ragas 0.4.3's BleuScore splits both texts on ". ", passes every reference sentence as an
+        alternative reference (reordered or missing sentences still score 1.0) and runs corpus BLEU
+        without effective order (every answer under four tokens scores 0).
         """
 
-        async def ascore(self, reference: str, response: str) -> MetricResult:
-            from sacrebleu import corpus_bleu
+        def __init__(self, tokenize: str) -> None:
+            super().__init__()
+            self.tokenize = tokenize
 
-            return MetricResult(value=corpus_bleu([response], [[reference]], **self.kwargs).score / 100)
+        async def ascore(self, reference: str, response: str) -> MetricResult:
+            return MetricResult(value=text_metrics.sentence_bleu(reference, response, tokenize=self.tokenize))
+
+    class UnicodeRougeL(collections.RougeScore):
+        """ROUGE-L with a Unicode-aware tokenizer, called directly: ragas 0.4.3's RougeScore always
+        uses rouge_score's default tokenizer, which drops every non-ASCII character, and stems."""
+
+        def __init__(self, stem: bool) -> None:
+            super().__init__(rouge_type="rougeL", mode="fmeasure")
+            self.stem = stem
+
+        async def ascore(self, reference: str, response: str) -> MetricResult:
+            return MetricResult(value=text_metrics.rouge_l(reference, response, stem=self.stem))
 
     class RecordingLLM(InstructorBaseRagasLLM):
         """Delegates to the real judge and remembers its failures for the row being scored."""
@@ -327,7 +358,8 @@ def _ragas() -> SimpleNamespace:
 
     return SimpleNamespace(
         collections=collections,
-        WholeTextBleu=WholeTextBleu,
+        SentenceBleu=SentenceBleu,
+        UnicodeRougeL=UnicodeRougeL,
         RecordingLLM=RecordingLLM,
         LocalEmbeddings=LocalEmbeddings,
     )
@@ -408,12 +440,16 @@ class _Judge:
         await self.client.close()
 
 
-def _build_metric(name: str, judge: _Judge | None, embeddings: Callable[[], Any]) -> Any:
+def _build_metric(
+    name: str, config: EvaluatorConfig, rows: list[dict], judge: _Judge | None, embeddings: Callable[[], Any]
+) -> Any:
     ragas = _ragas()
     c = ragas.collections
     offline: dict[str, Callable[[], Any]] = {
-        "bleu_score": ragas.WholeTextBleu,
-        "rouge_score": lambda: c.RougeScore(rouge_type="rougeL", mode="fmeasure"),
+        "bleu_score": lambda: ragas.SentenceBleu(metric_definitions.bleu_tokenizer(config, rows).value),
+        "rouge_score": lambda: ragas.UnicodeRougeL(
+            metric_definitions.rouge_stemming(config, rows).value == "on"
+        ),
         "chrf_score": c.CHRFScore,
         "exact_match": c.ExactMatch,
         "string_presence": c.StringPresence,
@@ -432,6 +468,12 @@ def _build_metric(name: str, judge: _Judge | None, embeddings: Callable[[], Any]
         "faithfulness": lambda: c.Faithfulness(llm=judge.llm),
     }
     return judged[name]()
+
+
+def _normalised(name: str, kwargs: dict[str, Any], config: EvaluatorConfig) -> dict[str, Any]:
+    """The texts a text metric compares: NFC, surrounding whitespace removed; exact match may fold more."""
+    mode = config.exact_match_normalization if name == "exact_match" else "strip"
+    return {key: text_metrics.normalise_for_exact_match(value, mode) for key, value in kwargs.items()}
 
 
 async def _score_offline(
@@ -462,8 +504,10 @@ async def _score_all(rows: list[dict], config: EvaluatorConfig, api_key: str | N
     try:
         for name in config.metrics:
             started = time.perf_counter()
-            metric = _build_metric(name, judge, embeddings)
+            metric = _build_metric(name, config, rows, judge, embeddings)
             inputs = [_metric_inputs(name, row, index) for index, row in enumerate(rows)]
+            if name in TEXT_METRICS:
+                inputs = [_normalised(name, kw, config) if isinstance(kw, dict) else kw for kw in inputs]
             if name == "semantic_similarity":
                 # One batched pass instead of two forward passes per row inside the metric.
                 embeddings().embed_texts(
