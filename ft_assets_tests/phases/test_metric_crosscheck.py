@@ -13,7 +13,7 @@ import sacrebleu
 from rapidfuzz.distance import Levenshtein
 from rouge_score import rouge_scorer, tokenizers
 
-from ft_assets.config import EvaluatorConfig
+from ft_assets.config import OFFLINE_METRICS, EvaluatorConfig
 from ft_assets.phases.metric_definitions import corpus_scores
 from ft_assets.phases.metrics import score_rows
 from ft_assets.phases.text_metrics import UnicodeWordTokenizer
@@ -65,14 +65,7 @@ PAIRS = [
     ("Running runners ran quickly.", "The answer is: Running runners ran quickly. Anything else?"),
     ('{"name": "Chloe Khan", "age": 75}', '{"name": "Chloe Khan", "age": 57}'),
 ]
-METRICS = [
-    "bleu_score",
-    "rouge_score",
-    "chrf_score",
-    "exact_match",
-    "string_presence",
-    "non_llm_string_similarity",
-]
+METRICS = [name for name in OFFLINE_METRICS if name != "semantic_similarity"]  # the text metrics
 BLEU_TOKENIZERS = ["13a", "intl", "zh", "char", "none"]
 
 

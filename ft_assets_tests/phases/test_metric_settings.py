@@ -9,19 +9,11 @@ import string
 
 import pytest
 
-from ft_assets.config import ConfigError, EvaluatorConfig, build_settings
+from ft_assets.config import OFFLINE_METRICS, ConfigError, EvaluatorConfig, build_settings
 from ft_assets.phases.metric_definitions import describe_metrics
 from ft_assets.phases.metrics import MetricsError, preflight, score_rows
 
-ALL_OFFLINE = [
-    "bleu_score",
-    "rouge_score",
-    "chrf_score",
-    "exact_match",
-    "string_presence",
-    "non_llm_string_similarity",
-    "semantic_similarity",
-]
+ALL_OFFLINE = list(OFFLINE_METRICS)
 
 
 def _rows(pairs: list[tuple[str, str]]) -> list[dict]:
