@@ -177,7 +177,7 @@ class UnicodeWordTokenizer:
 
     def _flush(self, word: str, tokens: list[str]) -> str:
         if word:
-            stemmable = self.stem and len(word) > _STEM_MIN_LENGTH and word.isascii() and word.isalpha()
+            stemmable = self.stem and len(word) > _STEM_MIN_LENGTH and word.isascii()
             tokens.append(_stem(word) if stemmable else word)
         return ""
 

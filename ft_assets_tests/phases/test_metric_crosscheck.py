@@ -155,7 +155,12 @@ def test_rouge_with_stemming_matches_rouge_score_on_english_and_its_own_tokenize
 
 def test_the_unicode_tokenizer_agrees_with_rouge_score_on_ascii_and_keeps_other_scripts() -> None:
     ours, theirs = UnicodeWordTokenizer(stem=True), tokenizers.DefaultTokenizer(use_stemmer=True)
-    for text in ["Running runners ran quickly.", "don't stop: 3.14 & 42%", "The U.S.A. in 1999"]:
+    for text in [
+        "Running runners ran quickly.",
+        "don't stop: 3.14 & 42%",
+        "The U.S.A. in 1999",
+        "tested 2024models",
+    ]:
         assert ours.tokenize(text) == theirs.tokenize(text)
     assert theirs.tokenize("Москва") == []  # why rouge_score's default tokenizer cannot be used
     plain = UnicodeWordTokenizer(stem=False)
