@@ -45,7 +45,7 @@ def _time(model: Any, batches: list[dict[str, Any]]) -> tuple[float, float, list
         loss, _, _ = labelled_positions_loss(model, batch)
         loss.backward()
         model.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
     return time.process_time() - cpu, time.perf_counter() - wall, losses
 
 

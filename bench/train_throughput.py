@@ -243,8 +243,9 @@ def main() -> None:
         f"OMP_NUM_THREADS={args.threads or os.environ.get('OMP_NUM_THREADS', 'unset')}, os.cpu_count()={os.cpu_count()}"
     )
     print(
-        "plain TRL: SFTConfig defaults except bf16=False, use_cpu=True (CPU only); "
-        "tokens/s over steps 2..N, non-padding tokens; best of each side over the repeats"
+        "plain TRL: SFTConfig defaults except bf16=False, use_cpu=True (CPU only); tuned TRL: the same with "
+        "gradient_checkpointing=False, group_by_length; tokens/s over steps 2..N, non-padding tokens; "
+        "best of each side over the repeats"
     )
     runs: dict[str, list[dict[str, Any]]] = {"platform": [], "plain": [], "tuned": []}
     for repeat in range(args.repeats):

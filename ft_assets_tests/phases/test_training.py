@@ -82,6 +82,14 @@ def settings_for(root: Path, model_cache: Path, train_file: Path, **fine_tuner: 
     return load_settings(CI_CONFIG, overrides=overrides)
 
 
+def _validated_settings(root: Path, model_cache: Path, data_dir: Path, **fine_tuner: Any) -> Settings:
+    """settings_for() the short answers, with the validation file."""
+    validation = str(data_dir / "validation.jsonl")
+    return settings_for(
+        root, model_cache, data_dir / "short.jsonl", validation_data_id=validation, **fine_tuner
+    )
+
+
 def run_training(
     settings: Settings, base: ResolvedModel, output_dir: Path, **kwargs: Any
 ) -> tuple[TrainingResult, LoadedDataset]:
@@ -431,13 +439,7 @@ def test_packing_trains_exactly_like_padded_batches_and_counts_tokens(
 def test_validation_runs_five_times_without_eval_steps(
     tmp_path: Path, model_cache: Path, tiny_model: ResolvedModel, data_dir: Path
 ) -> None:
-    settings = settings_for(
-        tmp_path,
-        model_cache,
-        data_dir / "short.jsonl",
-        validation_data_id=str(data_dir / "validation.jsonl"),
-        max_steps=10,
-    )
+    settings = _validated_settings(tmp_path, model_cache, data_dir, max_steps=10)
     result, _ = run_training(settings, tiny_model, tmp_path / "out")
     evaluated = [entry["step"] for entry in result.log_history if "eval_loss" in entry]
     assert evaluated == [2, 4, 6, 8, 10, 10], "every 10 // 5 steps, then the published model"
@@ -499,11 +501,10 @@ def test_early_stopping_ends_training_when_validation_loss_stalls(
     tmp_path: Path, model_cache: Path, tiny_model: ResolvedModel, data_dir: Path
 ) -> None:
     # a learning rate this small leaves the validation loss bit-for-bit unchanged: no improvement ever
-    settings = settings_for(
+    settings = _validated_settings(
         tmp_path,
         model_cache,
-        data_dir / "short.jsonl",
-        validation_data_id=str(data_dir / "validation.jsonl"),
+        data_dir,
         learning_rate=1e-30,
         max_steps=20,
         eval_steps=1,
