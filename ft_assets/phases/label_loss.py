@@ -5,8 +5,9 @@ With response-only loss most positions are prompt tokens, whose logits the loss 
 model's own ``logits_to_keep`` takes a boolean ``(batch, length)`` mask and projects only those positions,
 so the loss is the plain causal-LM cross entropy over the positions whose next token is labelled.
 
-:func:`trainer_class` is TRL's SFTTrainer with that loss, its trained-token count, and a token count
-that understands packed batches (whose attention mask is 4D).
+:func:`trainer_class` is TRL's SFTTrainer with that loss (TRL's own fused head where it is already
+compact: :func:`trl_head_is_compact`), a count of trained tokens, and a count of seen tokens that
+understands packed batches (whose attention mask is 4D).
 """
 
 from __future__ import annotations
@@ -41,9 +42,23 @@ def labelled_positions_loss(
     return total / torch.as_tensor(count, device=total.device).clamp(min=1), logits, wanted
 
 
+def trl_head_is_compact(device_type: str, batch: dict[str, Any]) -> bool:
+    """Whether TRL's fused LM head already scores only labelled positions, so it is the one to use.
+
+    On Triton devices (CUDA, XPU) it projects only those positions, in vocabulary chunks that never hold the
+    whole ``(positions, vocabulary)`` logits; elsewhere it scores every position. Its token metric reads a
+    2D attention mask, so packed batches (4D mask) take :func:`labelled_positions_loss` on every device.
+    """
+    from transformers.utils import is_triton_available
+
+    mask = batch.get("attention_mask")
+    padded = mask is not None and mask.ndim == 2
+    return padded and device_type in ("cuda", "xpu") and is_triton_available()
+
+
 @functools.cache
 def trainer_class() -> type:
-    """SFTTrainer computing :func:`labelled_positions_loss` and counting trained (labelled) tokens."""
+    """SFTTrainer computing the loss only at labelled positions and counting trained (labelled) tokens."""
     from trl import SFTTrainer
 
     class LabelledPositionsTrainer(SFTTrainer):
@@ -58,13 +73,18 @@ def trainer_class() -> type:
         ) -> Any:
             import torch
 
+            mode = "train" if model.training else "eval"
+            if mode == "train":
+                labelled = (inputs["labels"][:, 1:] != IGNORE_INDEX).sum()
+                if self.accelerator.num_processes > 1:
+                    labelled = self.accelerator.gather(labelled[None]).sum()
+                self.trained_tokens += int(labelled)
+            if trl_head_is_compact(inputs["input_ids"].device.type, inputs):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss, logits, wanted = labelled_positions_loss(model, inputs, num_items_in_batch)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 # like Trainer.compute_loss: the count spans every rank, and DDP averages the gradients
                 loss = loss * self.accelerator.num_processes
-            mode = "train" if model.training else "eval"
-            if mode == "train":
-                self.trained_tokens += int(wanted.numel())
             with torch.no_grad():
                 correct = (logits.argmax(-1) == wanted).sum().item()
             self._metrics[mode]["mean_token_accuracy"].append(correct / max(1, wanted.numel()))

@@ -15,16 +15,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from ft_assets.errors import FtAssetsError
 from ft_assets.phases.datasets import Example
+from ft_assets.phases.models import ModelError
 
 IGNORE_INDEX = -100
 #: ``[fine_tuner] train_on_turns``: every assistant turn of a conversation, or only its final one.
 TrainOnTurns = Literal["all", "last"]
 
 
-class LabelMaskError(FtAssetsError, ValueError):
-    """A chat template whose rendering does not let the assistant turns be located."""
+class LabelMaskError(ModelError):
+    """A chat template whose rendering does not let the assistant turns be located (preflight reports it)."""
 
 
 def _render(tokenizer: Any, messages: Sequence[dict[str, str]], *, add_generation_prompt: bool) -> str:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from ft_assets.phases.datasets import Example
-from ft_assets.phases.label_loss import labelled_positions_loss
+from ft_assets.phases.label_loss import labelled_positions_loss, trl_head_is_compact
 from ft_assets.phases.label_masks import tokenize_example
 from ft_assets.phases.models import ResolvedModel, load_tokenizer
 from ft_assets.phases.packing import TrainingCollator
@@ -69,3 +69,16 @@ def test_loss_and_lora_gradients_equal_the_full_forward(tiny_model: ResolvedMode
     for name, gradient in expected.items():
         assert torch.allclose(got[name], gradient, atol=1e-6, rtol=1e-4), name
     assert any(float(g.abs().sum()) > 0 for g in got.values())
+
+
+def test_trl_s_fused_head_is_used_only_where_it_is_compact() -> None:
+    import torch
+    from transformers.utils import is_triton_available
+
+    padded = {"attention_mask": torch.ones(2, 5, dtype=torch.long)}
+    packed = {"attention_mask": torch.ones(1, 1, 10, 10, dtype=torch.bool)}
+    # on the CPU TRL's head scores every position: ours runs
+    assert not trl_head_is_compact("cpu", padded)
+    assert trl_head_is_compact("cuda", padded) is is_triton_available()
+    # its token metric would sum a packed batch's 4D mask
+    assert not trl_head_is_compact("cuda", packed)
