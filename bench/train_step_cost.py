@@ -1,12 +1,16 @@
-"""Packing vs padding, one LoRA training step at a time: is padding-free packing faster where it is exact?
+"""What a LoRA training step costs, side by side on the same demo micro-batches (batch 8), forward + backward:
 
-The same micro-batches of the demo data (batch 8) go through forward + backward of a LoRA model three ways:
-padded in random order, padded in length-grouped order (the platform's default sampling), and packed
-(one row per micro-batch, block-diagonal mask). Loss equality of packed and padded batches is checked on
-the way. Prints tokens per CPU-second of each (one thread: robust to a busy machine) and the ratios.
+- ``--compare packing``: padded in random order, padded in length-grouped order (the platform's default
+  sampling) and packed (one row per micro-batch, block-diagonal mask): is exact packing faster?
+- ``--compare head``: TRL's fused LM head (what SFTTrainer runs; on the CPU it scores every position) vs
+  the platform's loss with the LM head only at labelled positions.
 
-    python bench/packing_throughput.py                                  # embedded SmolLM2-135M, 12 batches
-    python bench/packing_throughput.py --model embedded:tiny-llama --batches 40
+Losses of the compared ways are checked equal on the way. Prints real tokens per CPU-second (one thread:
+robust to a busy machine) and the ratio lines last.
+
+    python bench/train_step_cost.py --compare packing                # embedded SmolLM2-135M, 12 batches
+    python bench/train_step_cost.py --compare head --batches 6
+    python bench/train_step_cost.py --model embedded:tiny-llama --batches 40
 """
 
 from __future__ import annotations
@@ -36,13 +40,24 @@ def _batches(
     return [[records[i] for i in order[k : k + BATCH_SIZE]] for k in range(0, count * BATCH_SIZE, BATCH_SIZE)]
 
 
-def _time(model: Any, batches: list[dict[str, Any]]) -> tuple[float, float, list[float]]:
+def _labelled_positions(model: Any, batch: dict[str, Any]) -> Any:
     from ft_assets.phases.label_loss import labelled_positions_loss
 
+    return labelled_positions_loss(model, batch)[0]
+
+
+def _trl_fused_head(model: Any, batch: dict[str, Any]) -> Any:
+    outputs = model(**batch, use_cache=False, fused_lm_head=True)
+    return -outputs.log_probs.sum() / outputs.label_mask.sum()
+
+
+def _time(
+    model: Any, batches: list[dict[str, Any]], loss_of: Any = _labelled_positions
+) -> tuple[float, float, list[float]]:
     losses = []
     cpu, wall = time.process_time(), time.perf_counter()
     for batch in batches:
-        loss, _, _ = labelled_positions_loss(model, batch)
+        loss = loss_of(model, batch)
         loss.backward()
         model.zero_grad(set_to_none=True)
         losses.append(loss.item())
@@ -54,6 +69,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    parser.add_argument("--compare", choices=["packing", "head"], default="packing")
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--data", type=Path, default=PROJECT_ROOT / "data" / "demo" / "train.jsonl")
     parser.add_argument("--cache-dir", type=Path, default=PROJECT_ROOT / "artifacts" / "base_model")
@@ -62,6 +78,7 @@ def main() -> None:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
 
     from ft_assets.config import DatasetColumns
     from ft_assets.phases.datasets import load_dataset
@@ -75,6 +92,7 @@ def main() -> None:
     examples = load_dataset(str(args.data), DatasetColumns(), base_dir=PROJECT_ROOT).examples
     records = [tokenize_example(example, tokenizer) for example in examples]
     model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # as SFTTrainer does
     model = get_peft_model(
         model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0)
     )
@@ -85,31 +103,37 @@ def main() -> None:
     )
 
     random_batches = _batches(records, args.batches, grouped=False, seed=0)
-    grouped_batches = _batches(records, args.batches, grouped=True, seed=0)
-    ways = {
-        "padded, random order": [padded(b) for b in random_batches],
-        "padded, length-grouped": [padded(b) for b in grouped_batches],
-        "packed, random order": [packed(b) for b in random_batches],
-    }
-    _time(model, ways["padded, random order"][:1])  # warm-up
-    speed = {}
-    for name, batches in ways.items():
+    if args.compare == "packing":
+        grouped_batches = _batches(records, args.batches, grouped=True, seed=0)
+        ways = {
+            "padded, random order": ([padded(b) for b in random_batches], _labelled_positions),
+            "padded, length-grouped": ([padded(b) for b in grouped_batches], _labelled_positions),
+            "packed, random order": ([packed(b) for b in random_batches], _labelled_positions),
+        }
+        reference, compared = "padded, random order", "packed, random order"
+    else:
+        batches = [padded(b) for b in random_batches]
+        ways = {
+            "TRL fused head": (batches, _trl_fused_head),
+            "labelled positions": (batches, _labelled_positions),
+        }
+        reference, compared = "TRL fused head", "labelled positions"
+    _time(model, [padded(random_batches[0])])  # warm-up
+    speed, losses = {}, {}
+    for name, (batches, loss_of) in ways.items():
         tokens = sum(batch_token_count(batch) for batch in batches)
         cells = sum(batch["input_ids"].numel() for batch in batches)
-        cpu, wall, losses = _time(model, batches)
+        cpu, wall, losses[name] = _time(model, batches, loss_of)
         speed[name] = tokens / cpu
-        if name == "padded, random order":
-            reference = losses
-        if name == "packed, random order":
-            worst = max(abs(a - b) for a, b in zip(losses, reference, strict=True))
-            print(f"packed vs padded loss, same batches: max difference {worst:.2e}")
         print(
             f"{name:>24}: {tokens / cpu:8.1f} real tokens per CPU-second ({tokens / wall:.1f}/s wall), "
             f"{tokens} real tokens in {cells} positions"
         )
+    worst = max(abs(a - b) for a, b in zip(losses[compared], losses[reference], strict=True))
+    print(f"{compared} vs {reference}: largest loss difference on the same batches {worst:.2e}")
     print(f"model {args.model}, {args.batches} batches of {BATCH_SIZE}, LoRA r16 all-linear, fp32, 1 thread")
-    print(f"packed_vs_grouped={speed['packed, random order'] / speed['padded, length-grouped']:.3f}")
-    print(f"packed_vs_random={speed['packed, random order'] / speed['padded, random order']:.3f}")
+    baseline = "padded, length-grouped" if args.compare == "packing" else reference
+    print(f"ratio={speed[compared] / speed[baseline]:.3f} ({compared} / {baseline}, tokens per CPU-second)")
 
 
 if __name__ == "__main__":
