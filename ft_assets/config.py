@@ -70,6 +70,10 @@ class DatasetColumns(_Section):
     on_bad_rows: Literal["error", "drop"] = "error"
 
 
+#: ``[fine_tuner]`` defaults of ``method = "full"`` that differ from LoRA's (TRL's full fine-tuning recipe).
+FULL_FINE_TUNE_DEFAULTS = {"learning_rate": 2e-5, "warmup_ratio": 0.03}
+
+
 class FineTunerConfig(DatasetColumns):
     """``[fine_tuner]``: base model, training data, LoRA/QLoRA and trainer arguments."""
 
@@ -86,6 +90,8 @@ class FineTunerConfig(DatasetColumns):
     #: tokenizer's EOS.
     end_of_turn_token: str | None = Field(None, min_length=1)
     train_on_responses_only: bool = True
+    #: Which assistant turns of a multi-turn conversation the loss trains (with train_on_responses_only).
+    train_on_turns: Literal["all", "last"] = "all"
 
     method: Literal["lora", "full"] = "lora"
     rank: int = Field(16, gt=0)
@@ -130,6 +136,14 @@ class FineTunerConfig(DatasetColumns):
         if value == 0 or value < -1:
             raise ValueError("must be a positive number of steps, or -1 to train for `epochs`")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data: Any) -> Any:
+        # LoRA's rate wrecks a full fine-tune: unset keys follow the method, an explicit value wins
+        if isinstance(data, dict) and data.get("method") == "full":
+            return {**FULL_FINE_TUNE_DEFAULTS, **data}
+        return data
 
     @model_validator(mode="after")
     def _one_quantization(self) -> FineTunerConfig:

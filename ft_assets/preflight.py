@@ -57,6 +57,7 @@ from ft_assets.phases.models import (
     configured_chat_template,
     load_chat_template,
 )
+from ft_assets.phases.training_recipe import recipe_warnings
 from ft_assets.tracking import TrackingOptions, TrackingUnavailableError, check_reachable, strip_credentials
 
 #: The phases a run can select, in pipeline order (the CLI's and FineTunePipeline's phase names).
@@ -243,6 +244,7 @@ def _check_training_config(settings: Settings, env: Mapping[str, str], report: P
                     f"[fine_tuner] {key} is set, but there is no validation data "
                     "(validation_data_id / validation_split): it has no effect"
                 )
+    report.warnings.extend(recipe_warnings(tuner))
     report.passed.append("training config")
 
 

@@ -742,12 +742,15 @@ class PhaseRun:
         if active is None or active.info.run_id != self.run_id:
             raise RuntimeError("log_peft_model must be called inside its phase_run block, in the same thread")
         with self._guard(f"log model {name}"):
-            from peft import AutoPeftModelForCausalLM
-            from transformers import AutoTokenizer
+            from peft import PeftModel
+            from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            model = AutoPeftModelForCausalLM.from_pretrained(str(model_dir))
+            from ft_assets.phases.generation import adapter_base_path
+
+            # adapter_config.json names the base portably (hub id, embedded name); the local copy is beside it
+            base = str(adapter_base_path(Path(model_dir)))
+            model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(model_dir))
             tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-            base = next(iter(model.peft_config.values())).base_model_name_or_path
             info = mlflow.transformers.log_model(
                 transformers_model={"model": model, "tokenizer": tokenizer},
                 name=name,

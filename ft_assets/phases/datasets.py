@@ -591,7 +591,11 @@ def split_validation(
 
 
 def to_trl_records(examples: list[Example]) -> list[dict]:
-    """Rows for TRL's SFTTrainer: ``{"prompt": [...], "completion": [assistant]}`` or ``{"text": ...}``."""
+    """Rows for a plain TRL script: ``{"prompt": [...], "completion": [assistant]}`` or ``{"text": ...}``.
+
+    TRL's completion-only loss on these trains only the final assistant turn; the platform's own training
+    labels every assistant turn itself (:mod:`ft_assets.phases.label_masks`).
+    """
     records: list[dict] = []
     for example in examples:
         if example.text is not None:

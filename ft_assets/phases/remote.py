@@ -187,6 +187,8 @@ def _finetune(request: PhaseRequest, settings: Settings, run: PhaseRun, log: Log
             "dtype": result.device.dtype,
             "dropped_rows": len(result.dropped_rows),
             "processes": processes,
+            "base_quantization": result.base_quantization or "none",
+            "evaluation_base": result.evaluation_base,
         }
     )
     run.log_artifact(output_dir / "loss_curve.png")
@@ -210,6 +212,8 @@ def _finetune(request: PhaseRequest, settings: Settings, run: PhaseRun, log: Log
         },
         "metrics": result.metrics,
         "mlflow_model_uri": model_uri,
+        "base_quantization": result.base_quantization,
+        "evaluation_base": result.evaluation_base,
     }
     metadata = {
         "output_path": _meta(str(output_dir), "path"),
@@ -217,6 +221,8 @@ def _finetune(request: PhaseRequest, settings: Settings, run: PhaseRun, log: Log
         "eval_loss": _meta(m.get("eval_loss", float("nan")), "float"),
         "steps": _meta(int(m["steps"]), "int"),
         "trained_tokens": _meta(int(m["trained_tokens"]), "int"),
+        "seen_tokens": _meta(int(m["seen_tokens"]), "int"),
+        "evaluation_base": _meta(result.evaluation_base, "text"),
         "tokens_per_s": _meta(m["tokens_per_s"], "float"),
         "trainable_share": _meta(m["trainable_share"], "float"),
         "duration_s": _meta(m["duration_s"], "float"),

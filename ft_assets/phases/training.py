@@ -27,9 +27,10 @@ from ft_assets.phases.datasets import (
     check_bad_rows,
     load_dataset,
     split_validation,
-    to_trl_records,
 )
 from ft_assets.phases.io import atomic_directory, write_json
+from ft_assets.phases.label_loss import trainer_class
+from ft_assets.phases.label_masks import tokenize_example
 from ft_assets.phases.models import (
     MODEL_INFO_FILE,
     DeviceInfo,
@@ -39,6 +40,15 @@ from ft_assets.phases.models import (
     detect_device,
     load_tokenizer,
     resolve_base_model,
+)
+from ft_assets.phases.packing import TrainingCollator
+from ft_assets.phases.publishing import evaluation_base, make_adapter_config_portable, save_merged
+from ft_assets.phases.training_recipe import (
+    base_quantization,
+    load_model,
+    peft_config,
+    planned_steps,
+    sft_config,
 )
 
 logger = logging.getLogger(__name__)
@@ -71,6 +81,13 @@ class TrainingResult:
     resumed_from_step: int | None = None
     dropped_rows: list[BadRow] = field(default_factory=list)
     hub_url: str | None = None
+    #: The quantization the base was trained against (QLoRA), None for none; see :attr:`evaluation_base`.
+    base_quantization: str | None = None
+
+    @property
+    def evaluation_base(self) -> str:
+        """Which base the adapter is evaluated and merged on, in words."""
+        return evaluation_base(self.base_quantization)
 
 
 def training_fingerprint(
@@ -142,153 +159,29 @@ def prune_stale_checkpoints(
     return removed
 
 
-def _token_count(example: Example, tokenizer: Any) -> int:
-    """Tokens of ``example`` as SFTTrainer will see it (chat template applied, EOS appended to plain text)."""
-    if example.text is None:
-        return len(
-            tokenizer.apply_chat_template(list(example.messages), tokenize=True, return_dict=True)[
-                "input_ids"
-            ]
-        )
-    text = example.text if example.text.endswith(tokenizer.eos_token) else example.text + tokenizer.eos_token
-    return len(tokenizer(text)["input_ids"])
-
-
 def _drop_overlong(
-    examples: list[Example], tokenizer: Any, max_length: int, policy: str, source: str
+    examples: list[Example], tokenizer: Any, config: FineTunerConfig, source: str
 ) -> tuple[list[Example], list[BadRow]]:
     # SFTTrainer would silently truncate these rows (cutting off the answer and its EOS): report them instead.
     bad: list[BadRow] = []
     kept: list[Example] = []
     for example in examples:
-        length = _token_count(example, tokenizer)
-        if length > max_length:
+        length = len(_tokenized(example, tokenizer, config)["input_ids"])
+        if length > config.max_length:
             bad.append(
-                BadRow(example.row, f"{length} tokens after templating exceeds max_length={max_length}")
+                BadRow(
+                    example.row, f"{length} tokens after templating exceeds max_length={config.max_length}"
+                )
             )
         else:
             kept.append(example)
-    return kept, check_bad_rows(bad, policy=policy, source=source, total=len(examples))
+    return kept, check_bad_rows(bad, policy=config.on_bad_rows, source=source, total=len(examples))
 
 
-def _quantization_config(config: FineTunerConfig, device: DeviceInfo) -> Any:
-    if not (config.load_in_4bit or config.load_in_8bit):
-        return None
-    from transformers import BitsAndBytesConfig
-
-    if config.load_in_8bit:
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=device.torch_dtype(),
+def _tokenized(example: Example, tokenizer: Any, config: FineTunerConfig) -> dict[str, list[int]]:
+    return tokenize_example(
+        example, tokenizer, responses_only=config.train_on_responses_only, turns=config.train_on_turns
     )
-
-
-def _load_model(base: ResolvedModel, config: FineTunerConfig, device: DeviceInfo) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    quantization = _quantization_config(config, device)
-    kwargs: dict[str, Any] = {"dtype": device.torch_dtype()}
-    if quantization is not None:  # the config refuses quantization with method = 'full'
-        kwargs["quantization_config"] = quantization
-        # bitsandbytes quantizes while loading, on the device the weights are placed on
-        # each DDP rank quantizes onto its own GPU
-        kwargs["device_map"] = (
-            {"": int(os.environ.get("LOCAL_RANK", 0))} if device.device == "cuda" else {"": "cpu"}
-        )
-    model = AutoModelForCausalLM.from_pretrained(base.path, **kwargs)
-    if quantization is not None:
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=config.gradient_checkpointing
-        )
-    return model
-
-
-def _peft_config(config: FineTunerConfig) -> Any:
-    if config.method == "full":
-        return None
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=config.rank,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=config.lora_dropout,
-        target_modules=config.target_modules,
-        bias=config.bias,
-        use_rslora=config.use_rslora,
-        use_dora=config.use_dora,
-        task_type="CAUSAL_LM",
-    )
-
-
-def _sft_config(
-    config: FineTunerConfig, device: DeviceInfo, checkpoint_dir: Path, has_validation: bool
-) -> Any:
-    from trl import SFTConfig
-
-    early_stopping = has_validation and config.early_stopping_patience is not None
-    evaluate = has_validation and (config.eval_steps is not None or early_stopping)
-    eval_steps = config.eval_steps or config.save_steps
-    # best-model tracking (early stopping) needs every save to coincide with an evaluation
-    save_steps = eval_steps if early_stopping else config.save_steps
-    return SFTConfig(
-        output_dir=str(checkpoint_dir),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        per_device_eval_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        learning_rate=config.learning_rate,
-        lr_scheduler_type=config.lr_scheduler_type,
-        # transformers 5 reads a warmup_steps value below 1 as a fraction of the total steps
-        warmup_steps=config.warmup_ratio,
-        weight_decay=config.weight_decay,
-        optim=config.optim,
-        seed=config.seed,
-        data_seed=config.seed,
-        max_length=config.max_length,
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
-        eval_strategy="steps" if evaluate else "no",
-        eval_steps=eval_steps if evaluate else None,
-        save_strategy="steps",
-        save_steps=save_steps,
-        save_total_limit=config.save_total_limit,
-        load_best_model_at_end=early_stopping,
-        metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        bf16=device.dtype == "bfloat16",
-        fp16=device.dtype == "float16",
-        use_cpu=device.device == "cpu",
-        # the new name: TRL's default for the deprecated `gradient_checkpointing` alias is True
-        activation_checkpointing=config.gradient_checkpointing,
-        packing=config.packing,
-        train_sampling_strategy="group_by_length"
-        if config.group_by_length and not config.packing
-        else "random",
-        completion_only_loss=config.train_on_responses_only,
-        include_num_input_tokens_seen="non_padding",
-        report_to="none",
-        disable_tqdm=True,
-        dataset_num_proc=None,
-    )
-
-
-def _check_packing(config: FineTunerConfig, device: DeviceInfo) -> None:
-    if not config.packing:
-        return
-    import importlib.util
-
-    # sdpa/eager attention attends across packed sequence boundaries: packing is only correct with FlashAttention
-    if device.device != "cuda" or importlib.util.find_spec("flash_attn") is None:
-        raise ModelError(
-            "[fine_tuner] packing = true needs FlashAttention on CUDA; with sdpa/eager attention packed "
-            "sequences attend to each other. Set packing = false."
-        )
 
 
 def _log_relay(on_log: LogCallback | None) -> Any:
@@ -351,14 +244,10 @@ def prepare_examples(
         train_examples, validation_examples = split_validation(
             train_examples, config.validation_split, config.seed
         )
-    train_examples, dropped = _drop_overlong(
-        train_examples, tokenizer, config.max_length, config.on_bad_rows, train_set.resolved
-    )
+    train_examples, dropped = _drop_overlong(train_examples, tokenizer, config, train_set.resolved)
     if validation_examples:
         source = validation_set.resolved if validation_set else train_set.resolved
-        validation_examples, dropped_val = _drop_overlong(
-            validation_examples, tokenizer, config.max_length, config.on_bad_rows, source
-        )
+        validation_examples, dropped_val = _drop_overlong(validation_examples, tokenizer, config, source)
         dropped += dropped_val
     if not train_examples:
         raise ModelError(f"no training rows left in {train_set.resolved} after dropping bad rows")
@@ -376,31 +265,39 @@ def build_trainer(
     device: DeviceInfo,
     callbacks: Sequence[Any] = (),
 ) -> Any:
-    """An SFTTrainer for ``base`` over the examples (tokenized and labelled, not yet trained).
+    """An SFTTrainer for ``base`` over the examples, tokenized and labelled by :mod:`label_masks`.
 
-    Labels are -100 on prompt tokens when ``train_on_responses_only`` (TRL's completion-only loss on
-    prompt/completion records); the completion includes the template's end-of-turn token (the EOS).
+    With ``train_on_responses_only`` the loss trains every assistant turn (``train_on_turns = "all"``) or
+    the final one, each through its end-of-turn token (the EOS); ``packing`` concatenates each micro-batch
+    into one isolated row (:mod:`packing`).
     """
     import torch
     from datasets import Dataset
     from transformers import EarlyStoppingCallback, PrinterCallback
-    from trl import SFTTrainer
 
     config = settings.fine_tuner
     torch.manual_seed(config.seed)
-    model = _load_model(base, config, device)
-    train_dataset = Dataset.from_list(to_trl_records(train_examples))
-    eval_dataset = Dataset.from_list(to_trl_records(validation_examples)) if validation_examples else None
+    model = load_model(base, config, device)
+    train_dataset = Dataset.from_list([_tokenized(e, tokenizer, config) for e in train_examples])
+    eval_dataset = (
+        Dataset.from_list([_tokenized(e, tokenizer, config) for e in validation_examples])
+        if validation_examples
+        else None
+    )
     all_callbacks = list(callbacks)
     if config.early_stopping_patience is not None and eval_dataset is not None:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
-    trainer = SFTTrainer(
+    total_steps = planned_steps(config, len(train_examples), int(os.environ.get("WORLD_SIZE", "1")))
+    trainer = trainer_class()(
         model=model,
-        args=_sft_config(config, device, checkpoint_dir, eval_dataset is not None),
+        args=sft_config(config, device, checkpoint_dir, eval_dataset is not None, total_steps),
+        data_collator=TrainingCollator(
+            tokenizer.pad_token_id, pack=config.packing, attn_implementation=model.config._attn_implementation
+        ),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        peft_config=_peft_config(config),
+        peft_config=peft_config(config),
         callbacks=all_callbacks,
     )
     # without tqdm the trainer prints every log dict to stdout; logs reach callers through callbacks instead
@@ -428,7 +325,6 @@ def train(
     """
     config = settings.fine_tuner
     device = detect_device(config.device)
-    _check_packing(config, device)
     if config.push_to_hub and not hub_token:
         raise ModelError("[fine_tuner] push_to_hub = true needs a Hugging Face token (HF_TOKEN or --hf-key)")
     template = configured_chat_template(settings)
@@ -465,6 +361,7 @@ def train(
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     metrics = _final_metrics(trainer, output, time.perf_counter() - started, relay.tokens(trainer.state))
+    quantization = base_quantization(config)
     if trainer.eval_dataset is not None:
         metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
     log_history = list(trainer.state.log_history)
@@ -482,6 +379,8 @@ def train(
         "eos_token": tokenizer.eos_token,
         "resumed_from_step": resumed_from_step,
         "dropped_rows": len(dropped),
+        "base_quantization": quantization,
+        "evaluation_base": evaluation_base(quantization),
     }
     merge = config.merge_adapter and config.method == "lora"
     hub_url = None
@@ -489,9 +388,11 @@ def train(
     if trainer.is_world_process_zero():
         with atomic_directory(output_dir) as scratch:
             trainer.model.save_pretrained(scratch)
+            if config.method == "lora":
+                make_adapter_config_portable(scratch, base)
             tokenizer.save_pretrained(scratch)
             if merge:
-                _save_merged(base, scratch, scratch / MERGED_SUBDIR, tokenizer, device)
+                save_merged(base, scratch, scratch / MERGED_SUBDIR, tokenizer, device)
                 info["merged_subdir"] = MERGED_SUBDIR
             write_json(scratch / MODEL_INFO_FILE, info)
             write_json(scratch / "log_history.json", log_history)
@@ -509,29 +410,11 @@ def train(
         resumed_from_step=resumed_from_step,
         dropped_rows=dropped,
         hub_url=hub_url,
+        base_quantization=quantization,
     )
 
 
-def _save_merged(
-    base: ResolvedModel, adapter_dir: Path, target: Path, tokenizer: Any, device: DeviceInfo
-) -> None:
-    """Base + adapter folded into one standalone model directory.
-
-    The adapter is applied to a fresh, unquantized copy of the base: merging into 4/8-bit weights
-    (QLoRA) would round the update away and save a bitsandbytes model.
-    """
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=device.torch_dtype())
-    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
-    merged.generation_config.eos_token_id = tokenizer.eos_token_id
-    merged.generation_config.pad_token_id = tokenizer.pad_token_id
-    merged.save_pretrained(target)
-    tokenizer.save_pretrained(target)
-
-
-def _final_metrics(trainer: Any, output: Any, duration: float, tokens: int) -> dict[str, float]:
+def _final_metrics(trainer: Any, output: Any, duration: float, seen_tokens: int) -> dict[str, float]:
     if hasattr(trainer.model, "get_nb_trainable_parameters"):
         # PEFT's count: a 4-bit weight stores two parameters per element, plain numel() halves them
         trainable, total = trainer.model.get_nb_trainable_parameters()
@@ -543,8 +426,10 @@ def _final_metrics(trainer: Any, output: Any, duration: float, tokens: int) -> d
         "train_loss": float(losses[-1]) if losses else float(output.training_loss),
         "train_loss_mean": float(output.training_loss),
         "steps": float(trainer.state.global_step),
-        "trained_tokens": float(tokens),
-        "tokens_per_s": tokens / duration if duration > 0 else math.nan,
+        # label tokens the loss trained on; seen: every non-padding input token (prompts included)
+        "trained_tokens": float(trainer.trained_tokens),
+        "seen_tokens": float(seen_tokens),
+        "tokens_per_s": seen_tokens / duration if duration > 0 else math.nan,
         "trainable_params": float(trainable),
         "total_params": float(total),
         "trainable_share": trainable / total if total else math.nan,

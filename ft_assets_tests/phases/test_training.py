@@ -24,6 +24,7 @@ from ft_assets.config import DatasetColumns, InferencerConfig, Settings, load_se
 from ft_assets.phases.datasets import DatasetError, LoadedDataset, load_dataset
 from ft_assets.phases.generation import generate_rows, load_for_inference
 from ft_assets.phases.io import sha256_file
+from ft_assets.phases.label_masks import tokenize_example, trained_token_count
 from ft_assets.phases.models import (
     CHATML_TEMPLATE,
     MODEL_INFO_FILE,
@@ -79,6 +80,14 @@ def settings_for(root: Path, model_cache: Path, train_file: Path, **fine_tuner: 
         "pipeline": {"artifacts_root": str(root / "artifacts"), "model_cache_dir": str(model_cache)},
     }
     return load_settings(CI_CONFIG, overrides=overrides)
+
+
+def _validated_settings(root: Path, model_cache: Path, data_dir: Path, **fine_tuner: Any) -> Settings:
+    """settings_for() the short answers, with the validation file."""
+    validation = str(data_dir / "validation.jsonl")
+    return settings_for(
+        root, model_cache, data_dir / "short.jsonl", validation_data_id=validation, **fine_tuner
+    )
 
 
 def run_training(
@@ -230,8 +239,9 @@ def test_labels_mask_the_prompt_only_when_training_on_responses(
         trained = [token for token, label in zip(ids, labels, strict=True) if label != -100]
         if responses_only:
             assert labels[: len(prompt)] == [-100] * len(prompt)
-            assert trained == ids[len(prompt) :]
-            assert tokenizer.decode(trained) == f"{answer}<|im_end|>\n"
+            # the template's newline after the end-of-turn token is formatting, not answer: untrained
+            assert trained == ids[len(prompt) : -1] and labels[-1] == -100
+            assert tokenizer.decode(trained) == f"{answer}<|im_end|>"
         else:
             assert trained == ids
             assert tokenizer.decode(trained).startswith(f"<|im_start|>user\n{question}")
@@ -295,7 +305,6 @@ def test_overlong_rows_are_an_error_naming_the_row(
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"packing": True}, "packing = true needs FlashAttention on CUDA"),
         (
             {"push_to_hub": True, "hub_model_id": "someone/adapter"},
             "push_to_hub = true needs a Hugging Face token",
@@ -391,6 +400,77 @@ def test_lora_variants_train_and_save_their_adapter(
     assert lora_b and all(tensor.abs().sum() > 0 for tensor in lora_b)
     info = json.loads((result.output_dir / MODEL_INFO_FILE).read_text())
     assert info["chat_template_source"] == overrides.get("chat_template", "tokenizer")
+    # a pushed adapter names its base as another machine can: the embedded name, the local path beside it
+    assert adapter_config["base_model_name_or_path"] == "embedded:tiny-llama"
+    assert info["base_model_path"] == str(tiny_model.path)
+    quantization = {"qlora-4bit": "nf4-4bit", "lora-8bit": "int8"}.get(method)
+    assert info["base_quantization"] == result.base_quantization == quantization
+    assert info["evaluation_base"] == result.evaluation_base
+    assert ("unquantized" in result.evaluation_base) is (quantization is not None)
+
+
+def test_packing_trains_exactly_like_padded_batches_and_counts_tokens(
+    tmp_path: Path, model_cache: Path, tiny_model: ResolvedModel, data_dir: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    common = {"max_steps": 2, "per_device_train_batch_size": 4, "lora_dropout": 0.0, "group_by_length": False}
+    runs = {}
+    for pack in (False, True):
+        root = tmp_path / f"pack-{pack}"
+        settings = settings_for(root, model_cache, data_dir / "short.jsonl", packing=pack, **common)
+        runs[pack], train_set = run_training(settings, tiny_model, root / "out")
+    padded, packed = runs[False], runs[True]
+    losses = {pack: [e["loss"] for e in run.log_history if "loss" in e] for pack, run in runs.items()}
+    assert losses[True] == pytest.approx(losses[False], abs=1e-4)
+    weights = {pack: load_file(run.output_dir / "adapter_model.safetensors") for pack, run in runs.items()}
+    for name, tensor in weights[False].items():
+        assert (tensor - weights[True][name]).abs().max() < 1e-5, name
+
+    # 2 steps of 4 = each of the 8 rows once: trained = their answer tokens, seen = all their tokens
+    tokenizer = load_tokenizer(tiny_model.path)
+    records = [tokenize_example(example, tokenizer) for example in train_set.examples]
+    for run in (padded, packed):
+        assert run.metrics["trained_tokens"] == sum(trained_token_count(r["labels"]) for r in records)
+        assert run.metrics["seen_tokens"] == sum(len(r["input_ids"]) for r in records)
+    assert padded.metrics["trained_tokens"] < padded.metrics["seen_tokens"] / 2
+
+
+def test_validation_runs_five_times_without_eval_steps(
+    tmp_path: Path, model_cache: Path, tiny_model: ResolvedModel, data_dir: Path
+) -> None:
+    settings = _validated_settings(tmp_path, model_cache, data_dir, max_steps=10)
+    result, _ = run_training(settings, tiny_model, tmp_path / "out")
+    evaluated = [entry["step"] for entry in result.log_history if "eval_loss" in entry]
+    assert evaluated == [2, 4, 6, 8, 10, 10], "every 10 // 5 steps, then the published model"
+
+
+def test_a_merge_keeps_every_stop_id_of_the_base(
+    tmp_path: Path, model_cache: Path, tiny_model: ResolvedModel, data_dir: Path
+) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    base_dir = tmp_path / "base-with-stop-list"
+    AutoModelForCausalLM.from_pretrained(tiny_model.path).save_pretrained(base_dir)
+    AutoTokenizer.from_pretrained(tiny_model.path).save_pretrained(base_dir)
+    generation = GenerationConfig.from_pretrained(tiny_model.path)
+    generation.eos_token_id = [0, 1]  # <|endoftext|>, <|im_start|>: neither is the end-of-turn <|im_end|>
+    generation.save_pretrained(base_dir)
+    base = resolve_base_model(str(base_dir), cache_dir=model_cache, base_dir=PROJECT_ROOT)
+    settings = settings_for(
+        tmp_path,
+        model_cache,
+        data_dir / "short.jsonl",
+        max_steps=1,
+        merge_adapter=True,
+        base_model_id=str(base_dir),
+    )
+    result, _ = run_training(settings, base, tmp_path / "out")
+    merged = GenerationConfig.from_pretrained(result.merged_dir)
+    end_of_turn = AutoTokenizer.from_pretrained(result.merged_dir).convert_tokens_to_ids("<|im_end|>")
+    assert merged.eos_token_id == [0, 1, end_of_turn]
+    adapter_config = json.loads((result.output_dir / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str(base_dir), "a local base has only its path"
 
 
 def test_full_fine_tuning_saves_a_complete_model(
@@ -421,11 +501,10 @@ def test_early_stopping_ends_training_when_validation_loss_stalls(
     tmp_path: Path, model_cache: Path, tiny_model: ResolvedModel, data_dir: Path
 ) -> None:
     # a learning rate this small leaves the validation loss bit-for-bit unchanged: no improvement ever
-    settings = settings_for(
+    settings = _validated_settings(
         tmp_path,
         model_cache,
-        data_dir / "short.jsonl",
-        validation_data_id=str(data_dir / "validation.jsonl"),
+        data_dir,
         learning_rate=1e-30,
         max_steps=20,
         eval_steps=1,
