@@ -34,6 +34,7 @@ from typing import Any
 
 from ft_assets.config import JUDGE_METRICS, EvaluatorConfig, JudgeConfig
 from ft_assets.errors import FtAssetsError
+from ft_assets.secrets import redact, strip_credentials
 
 OPENAI_KEY_ENV = "OPENAI_API_KEY"
 OPENAI_KEY_FLAG = "--openai-key"
@@ -158,7 +159,9 @@ def preflight(
     problems: list[str] = []
     judged = [name for name in metrics if name in JUDGE_METRICS]
     if judged and not resolve_api_key(api_key):
-        endpoint = config.judge.base_url or f"{DEFAULT_JUDGE_ENDPOINT} (evaluator.judge.base_url is unset)"
+        endpoint = strip_credentials(config.judge.base_url or "") or (
+            f"{DEFAULT_JUDGE_ENDPOINT} (evaluator.judge.base_url is unset)"
+        )
         problems.append(
             f"evaluator.metrics {judged} are LLM-judge metrics and need an API key for {endpoint}: "
             f"set the environment variable {OPENAI_KEY_ENV} or pass {OPENAI_KEY_FLAG} "
@@ -230,7 +233,8 @@ def summarize(scores: MetricScores) -> dict[str, dict[str, float]]:
 
 
 def _describe(error: BaseException) -> str:
-    text = " ".join(f"{type(error).__name__}: {error}".split())
+    # redacted here, at the source: a judge error can echo the key or the endpoint's credentials
+    text = redact(" ".join(f"{type(error).__name__}: {error}".split()))
     return text if len(text) <= _ERROR_TEXT_LIMIT else text[: _ERROR_TEXT_LIMIT - 3] + "..."
 
 
