@@ -74,7 +74,7 @@ def as_float(value: Any) -> float | None:
     try:
         return float(value)
     except OverflowError:  # an int beyond float range: keep it visible as the infinity it rounds to
-        return math.copysign(math.inf, value) if isinstance(value, numbers.Real) else None
+        return (math.inf if value > 0 else -math.inf) if isinstance(value, numbers.Real) else None
     except (TypeError, ValueError):
         return None
 
