@@ -3,10 +3,11 @@
 Two trainings with the same fingerprint (same base model, data and training config: possible as soon as
 the ``gpu`` pool allows two steps at once) would share ``<checkpoint_root>/<fingerprint>``: one would resume
 the other's unfinished checkpoints, and the first to publish would delete the folder under the other. So a
-training holds an exclusive ``flock`` on ``<checkpoint_root>/<fingerprint>.lock`` from choosing its resume
-point until it has published; a second one waits (saying for whom) and then resumes or starts cleanly.
+training holds an exclusive ``flock`` on ``<checkpoint_root>.locks/<fingerprint>.lock`` from choosing its
+resume point until it has published; a second one waits (saying for whom) and then resumes or starts cleanly.
 
-The lock file is never deleted: removing a file another process is waiting on would let a third process
+The lock files live beside the checkpoint root, not in it, so that it holds checkpoint folders only. They
+are never deleted: removing a file another process is waiting on would let a third process
 lock a new file of the same name while the second still holds the old one. An ``flock`` ends with its
 process, so a killed training never leaves a stale lock.
 """
@@ -27,12 +28,17 @@ class _Log(Protocol):
     def warning(self, msg: str) -> object: ...
 
 
+def lock_path(checkpoint_root: Path, fingerprint: str) -> Path:
+    """The lock file of the checkpoint folder ``<checkpoint_root>/<fingerprint>``."""
+    return checkpoint_root.with_name(f"{checkpoint_root.name}.locks") / f"{fingerprint}.lock"
+
+
 class CheckpointLock:
     """An exclusive lock on one fingerprint's checkpoint folder, held until :meth:`release`."""
 
     def __init__(self, checkpoint_root: Path, fingerprint: str, log: _Log) -> None:
-        checkpoint_root.mkdir(parents=True, exist_ok=True)
-        self.path = checkpoint_root / f"{fingerprint}.lock"
+        self.path = lock_path(checkpoint_root, fingerprint)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd: int | None = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -21,6 +21,7 @@ import pytest
 from ft_assets.automation import dataset_change_sensor, snapshot_dataset
 from ft_assets.config import load_settings
 from ft_assets.definitions import defs
+from ft_assets.phases.checkpoint_lock import lock_path
 from ft_assets.phases.datasets import DatasetError, load_dataset
 from ft_assets.phases.io import atomic_directory, atomic_file, write_json
 from ft_assets.phases.metrics import MetricScores
@@ -169,11 +170,12 @@ def test_a_second_training_with_the_same_fingerprint_waits_for_the_first(
         settings.fine_tuner, tiny_model, versions, configured_chat_template(settings)
     )
     root = checkpoint_root(settings)
-    root.mkdir(parents=True)
+    lock = lock_path(root, fingerprint)
+    lock.parent.mkdir(parents=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(PROJECT_ROOT)}
     command = [sys.executable, "-m", "ft_assets.phases.training", "--config", str(config), "--output"]
     log = tmp_path / "second.log"
-    with (root / f"{fingerprint}.lock").open("a+") as held, log.open("w") as sink:
+    with lock.open("a+") as held, log.open("w") as sink:
         fcntl.flock(held, fcntl.LOCK_EX)  # the first training, still running
         second = subprocess.Popen([*command, str(tmp_path / "second")], env=env, stdout=sink, stderr=sink)
         deadline = time.monotonic() + 180
