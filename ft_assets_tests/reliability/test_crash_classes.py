@@ -18,9 +18,8 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from ft_assets.automation import dataset_change_sensor, snapshot_dataset
+from ft_assets.automation import snapshot_dataset
 from ft_assets.config import load_settings
-from ft_assets.definitions import defs
 from ft_assets.phases.checkpoint_lock import lock_path
 from ft_assets.phases.datasets import DatasetError, load_dataset
 from ft_assets.phases.io import atomic_directory, atomic_file, write_json
@@ -29,9 +28,9 @@ from ft_assets.phases.models import ResolvedModel, configured_chat_template
 from ft_assets.phases.reports import write_report
 from ft_assets.phases.training import checkpoint_root, load_training_data, training_fingerprint
 from ft_assets.preflight import preflight
-from ft_assets.resources.settings import PipelineSettings
 from ft_assets.tracking_keys import sanitize_metrics
 from ft_assets_tests.reliability.support import PROJECT_ROOT
+from ft_assets_tests.test_automation import SensorHarness, append_row
 
 DEMO = PROJECT_ROOT / "data" / "demo"
 
@@ -205,30 +204,6 @@ def test_two_datasets_of_identical_content_snapshot_under_one_root(tmp_path: Pat
     assert copy_b.read_bytes() == second.read_bytes() == copy_a.read_bytes()
 
 
-class _Ticks:
-    def __init__(self, instance: dg.DagsterInstance, config: Path) -> None:
-        self.instance, self.settings, self.cursor = instance, PipelineSettings(config_path=str(config)), None
-
-    def tick(self) -> dg.SensorResult:
-        context = dg.build_sensor_context(
-            instance=self.instance,
-            cursor=self.cursor,
-            definitions=defs,
-            resources={"settings": self.settings},
-        )
-        result = dataset_change_sensor(context)
-        assert isinstance(result, dg.SensorResult)
-        self.cursor = result.cursor if result.cursor is not None else self.cursor
-        return result
-
-
-def _append_row(path: Path, suffix: str) -> None:
-    row = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
-    row["id"] = f"{row['id']}-{suffix}"
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
-
-
 def test_the_dataset_sensor_survives_a_renamed_identical_dataset_and_a_snapshot_failure(
     tmp_path: Path, write_config: Callable[..., Path]
 ) -> None:
@@ -251,14 +226,14 @@ def test_the_dataset_sensor_survives_a_renamed_identical_dataset_and_a_snapshot_
     config = configure("validation.jsonl")
     home = tmp_path / "dagster_home"
     home.mkdir()
-    ticks = _Ticks(dg.DagsterInstance.from_config(str(home)), config)
+    ticks = SensorHarness(dg.DagsterInstance.from_config(str(home)), config)
     assert not ticks.tick().run_requests  # the baseline
-    _append_row(data / "train.jsonl", "1")
+    append_row(data / "train.jsonl", "1")
     assert len(ticks.tick().run_requests) == 1  # snapshots all three, validation.jsonl among them
     # the validation file renamed, content unchanged; then the training data changes again
     (data / "validation.jsonl").rename(data / "val.jsonl")
     configure("val.jsonl")
-    _append_row(data / "train.jsonl", "2")
+    append_row(data / "train.jsonl", "2")
     request = ticks.tick().run_requests[0]
     pinned = request.run_config["resources"]["settings"]["config"]["fine_tuner"]["validation_data_id"]
     assert Path(pinned).name == "val.jsonl" and Path(pinned).read_bytes() == (data / "val.jsonl").read_bytes()
@@ -267,7 +242,7 @@ def test_the_dataset_sensor_survives_a_renamed_identical_dataset_and_a_snapshot_
     snapshots = load_settings(config).artifacts_root / "dataset_snapshots" / "training_dataset"
     shutil.rmtree(snapshots)
     snapshots.write_text("not a folder", encoding="utf-8")
-    _append_row(data / "train.jsonl", "3")
+    append_row(data / "train.jsonl", "3")
     failed = ticks.tick()
     assert not failed.run_requests and "could not snapshot the changed datasets" in str(failed.skip_reason)
     assert "training_dataset" in str(failed.skip_reason)
