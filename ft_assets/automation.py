@@ -40,6 +40,7 @@ from ft_assets.errors import FtAssetsError
 from ft_assets.jobs import fine_tune_pipeline
 from ft_assets.phases.datasets import data_version
 from ft_assets.resources.settings import PipelineSettings
+from ft_assets.secrets import redact
 
 INTERVAL_ENV = "FT_ASSETS_DATASET_SENSOR_INTERVAL_S"
 DEFAULT_INTERVAL_S = 60
@@ -162,7 +163,7 @@ def _observation(slot: DatasetSlot, version: str, settings: Settings) -> dg.Asse
     return dg.AssetObservation(
         asset_key=slot.asset_key,
         tags={DATA_VERSION_TAG: version},
-        metadata={"source": slot.source(settings) or "not configured", "data_version": version},
+        metadata={"source": redact(slot.source(settings) or "not configured"), "data_version": version},
     )
 
 

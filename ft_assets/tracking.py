@@ -17,9 +17,9 @@ Choices documented here once:
   different value is logged under ``<key>.2`` (then ``.3``...: the first free slot, or the slot that
   already holds that value) with a warning, instead of failing the phase.
 * Secrets (see :mod:`ft_assets.secrets`: secret variables, ``${VAR}`` expansions, URL credentials) are
-  redacted from every param, tag, error message, traceback and JSON/YAML artifact written here. Credentials embedded in the
-  tracking URI are moved to ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` so MLflow never
-  prints them.
+  redacted from every param, tag, error message, traceback and JSON/YAML artifact written here.
+  Credentials embedded in an http(s) tracking URI are moved to ``MLFLOW_TRACKING_USERNAME``/
+  ``MLFLOW_TRACKING_PASSWORD`` so MLflow never prints them.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ft_assets.config import ConfigError, Settings
 from ft_assets.errors import FtAssetsError
-from ft_assets.secrets import is_secret_name, redact, refuse_secrets, strip_credentials
+from ft_assets.secrets import is_secret_name, redact, redact_value, refuse_secrets, strip_credentials
 from ft_assets.tracking_keys import (
     MAX_KEY_LENGTH,
     MAX_TAG_VALUE_LENGTH,
@@ -624,16 +624,18 @@ class PhaseRun:
                 client.log_artifacts(str(self.run_id), str(directory), artifact_path)
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
-        """``obj`` as JSON (or YAML for ``.yaml``/``.yml``), redacted, as artifact ``artifact_file``."""
+        """``obj`` as JSON (or YAML for ``.yaml``/``.yml``), each string in it redacted (never the serialized
+        text: a secret such as ``true`` would break it), as artifact ``artifact_file``."""
         if self.enabled:
             with self._guard(f"log {artifact_file}") as client:
+                clean = redact_value(json.loads(json.dumps(obj, default=str)))
                 if artifact_file.endswith((".yaml", ".yml")):
                     import yaml
 
-                    text = yaml.safe_dump(obj, sort_keys=False, allow_unicode=True)
+                    text = yaml.safe_dump(clean, sort_keys=False, allow_unicode=True)
                 else:
-                    text = json.dumps(obj, indent=2, ensure_ascii=False, default=str)
-                client.log_text(str(self.run_id), redact(text), artifact_file)
+                    text = json.dumps(clean, indent=2, ensure_ascii=False)
+                client.log_text(str(self.run_id), text, artifact_file)
 
     def log_dataset(self, name: str, digest: str, source: str, context: str) -> None:
         """An MLflow dataset input (``context``: training, validation, evaluation...) on child and parent,

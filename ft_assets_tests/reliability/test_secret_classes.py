@@ -263,3 +263,17 @@ def test_url_credentials_are_stripped_from_a_phase_request(
     request = PhaseRequest.finetuning(settings, tiny_model, Path("/tmp/out"), tracking_required=False)
     wire = json.dumps(request.to_json())
     assert "FAKEhttpPW-31" not in wire and "https://mlflow.example" in wire
+
+
+def test_a_logged_dict_stays_valid_json_whatever_the_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_store_template: Path
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "true")
+    uri = fresh_store(mlflow_store_template, tmp_path / "store")
+    settings = Settings(base_dir=tmp_path)
+    with open_phase_run(
+        _tracked(settings, uri), "evaluation", settings, OrchestratorRun(uuid.uuid4().hex)
+    ) as run:
+        run.log_dict({"passed": True, "note": "the password is true"}, "summary.json")
+    stored = MlflowClient(uri).download_artifacts(str(run.run_id), "summary.json", str(tmp_path))
+    assert json.loads(Path(stored).read_text()) == {"passed": True, "note": "the password is ***"}
