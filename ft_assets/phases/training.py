@@ -41,6 +41,7 @@ from ft_assets.phases.models import (
     load_tokenizer,
     resolve_base_model,
 )
+from ft_assets.secrets import redact_value
 
 logger = logging.getLogger(__name__)
 LogCallback = Callable[[Mapping[str, float], int], None]
@@ -490,7 +491,7 @@ def train(
         "method": config.method,
         "data_versions": data_versions,
         "fingerprint": fingerprint,
-        "config": config.model_dump(mode="json"),
+        "config": redact_value(config.model_dump(mode="json")),  # values from ${VAR} are secrets
         "metrics": metrics,
         "device": device.__dict__,
         "chat_template_source": config.chat_template or "tokenizer",

@@ -18,8 +18,9 @@ from mlflow import MlflowClient
 from ft_assets import secrets
 from ft_assets.cli import build_parser, resolve_keys
 from ft_assets.config import ConfigError, Settings, load_settings
-from ft_assets.phases.models import ResolvedModel
+from ft_assets.phases.models import MODEL_INFO_FILE, ResolvedModel
 from ft_assets.phases.remote import PhaseRequest
+from ft_assets.phases.training import checkpoint_root, load_training_data, train
 from ft_assets.preflight import preflight
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import DAGSTER_TAG_TRACKING_URI, _tag_dagster_run
@@ -277,3 +278,23 @@ def test_a_logged_dict_stays_valid_json_whatever_the_secret(
         run.log_dict({"passed": True, "note": "the password is true"}, "summary.json")
     stored = MlflowClient(uri).download_artifacts(str(run.run_id), "summary.json", str(tmp_path))
     assert json.loads(Path(stored).read_text()) == {"passed": True, "note": "the password is ***"}
+
+
+def test_a_value_expanded_in_the_toml_stays_out_of_the_published_model(
+    write_config: Any, tmp_path: Path, tiny_model: ResolvedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SOME_DB_PASSWORD", DB_PASSWORD)
+    config = write_config({"fine_tuner": {"max_steps": 1, "hub_model_id": "team/${SOME_DB_PASSWORD}"}})
+    settings = load_settings(config)
+    train_set, validation_set = load_training_data(settings)
+    output = tmp_path / "adapter"
+    train(
+        settings,
+        tiny_model,
+        train_set,
+        validation_set,
+        output_dir=output,
+        checkpoint_root=checkpoint_root(settings),
+    )
+    assert [p.name for p in output.rglob("*") if p.is_file() and DB_PASSWORD.encode() in p.read_bytes()] == []
+    assert json.loads((output / MODEL_INFO_FILE).read_text())["config"]["hub_model_id"] == "team/***"
