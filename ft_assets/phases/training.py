@@ -41,7 +41,7 @@ from ft_assets.phases.models import (
     load_tokenizer,
     resolve_base_model,
 )
-from ft_assets.secrets import redact_value
+from ft_assets.secrets import hf_token, redact_value
 
 logger = logging.getLogger(__name__)
 LogCallback = Callable[[Mapping[str, float], int], None]
@@ -619,7 +619,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", required=True, type=Path)
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
-    token = os.environ.get("HF_TOKEN")
+    token = hf_token()
     base = resolve_base_model(
         settings.fine_tuner.base_model_id,
         cache_dir=settings.model_cache_dir,
