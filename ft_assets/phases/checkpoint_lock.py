@@ -3,11 +3,12 @@
 Two trainings with the same fingerprint (same base model, data and training config: possible as soon as
 the ``gpu`` pool allows two steps at once) would share ``<checkpoint_root>/<fingerprint>``: one would resume
 the other's unfinished checkpoints, and the first to publish would delete the folder under the other. So a
-training holds an exclusive ``flock`` on ``<checkpoint_root>.locks/<fingerprint>.lock`` from choosing its
-resume point until it has published; a second one waits (saying for whom) and then resumes or starts cleanly.
+training holds an exclusive ``flock`` on ``.<checkpoint_root name>.locks/<fingerprint>.lock`` beside the
+checkpoint root from choosing its resume point until it has published; a second one waits (saying for whom)
+and then resumes or starts cleanly.
 
-The lock files live beside the checkpoint root, not in it, so that it holds checkpoint folders only. They
-are never deleted: removing a file another process is waiting on would let a third process
+The lock files live beside the checkpoint root, not in it, so that it holds checkpoint folders only, under a
+dot name, which readers of the asset folder skip like any temporary name. They are never deleted: removing a file another process is waiting on would let a third process
 lock a new file of the same name while the second still holds the old one. An ``flock`` ends with its
 process, so a killed training never leaves a stale lock.
 """
@@ -30,7 +31,7 @@ class _Log(Protocol):
 
 def lock_path(checkpoint_root: Path, fingerprint: str) -> Path:
     """The lock file of the checkpoint folder ``<checkpoint_root>/<fingerprint>``."""
-    return checkpoint_root.with_name(f"{checkpoint_root.name}.locks") / f"{fingerprint}.lock"
+    return checkpoint_root.with_name(f".{checkpoint_root.name}.locks") / f"{fingerprint}.lock"
 
 
 class CheckpointLock:
