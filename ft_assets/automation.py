@@ -40,9 +40,11 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from ft_assets.assets.data import DATASETS, DatasetSlot
 from ft_assets.config import Settings, deep_merge
+from ft_assets.errors import FtAssetsError
 from ft_assets.jobs import fine_tune_pipeline
 from ft_assets.phases.datasets import data_version
 from ft_assets.resources.settings import PipelineSettings
+from ft_assets.secrets import redact
 
 INTERVAL_ENV = "FT_ASSETS_DATASET_SENSOR_INTERVAL_S"
 DEFAULT_INTERVAL_S = 60
@@ -104,13 +106,18 @@ def snapshot_dataset(source: Path, root: Path) -> tuple[str, Path]:
             shutil.copy2(source, copy)
         version = data_version(str(copy), base_dir=staging)
         target = root / version.split(":", 1)[1]
+        final = target / source.name
         try:
             staging.rename(target)
         except OSError:
-            # Another evaluation stored the same content first; its copy is identical.
-            if not (target / source.name).exists():
-                raise
-        return version, target / source.name
+            # The content is already stored, by another evaluation or under another name (two datasets,
+            # or a renamed file, with identical content): add this name beside it.
+            try:
+                copy.rename(final)
+            except OSError:
+                if not final.exists():
+                    raise
+        return version, final
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -160,7 +167,7 @@ def _observation(slot: DatasetSlot, version: str, settings: Settings) -> dg.Asse
     return dg.AssetObservation(
         asset_key=slot.asset_key,
         tags={DATA_VERSION_TAG: version},
-        metadata={"source": slot.source(settings) or "not configured", "data_version": version},
+        metadata={"source": redact(slot.source(settings) or "not configured"), "data_version": version},
     )
 
 
@@ -188,7 +195,17 @@ def dataset_change_sensor(context: dg.SensorEvaluationContext, settings: Pipelin
     changed = [slot for slot in DATASETS if previous.get(slot.asset) != current[slot.asset]]
     if not changed:
         return dg.SensorResult(skip_reason="no dataset changed")
-    versions, overrides = pin_datasets(resolved)
+    try:
+        versions, overrides = pin_datasets(resolved)
+    except (OSError, FtAssetsError) as error:
+        # Report and move on: retrying every tick would fail the same way until someone fixes it.
+        problem = (
+            f"could not snapshot the changed datasets {[slot.asset for slot in changed]}: {error}; "
+            "no run was requested for this change: fix the cause, then launch the run by hand "
+            "(the next change of a dataset is picked up as usual)"
+        )
+        context.log.error(problem)
+        return dg.SensorResult(cursor=json.dumps(current), skip_reason=problem)
     for slot in changed:
         context.log.info(f"{slot.asset} changed: {previous.get(slot.asset)} -> {versions[slot.asset]}")
     asset_graph = context.repository_def.asset_graph

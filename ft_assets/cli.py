@@ -2,8 +2,9 @@
 
 Flags override ``[pipeline]`` in the config file; a phase that is disabled or comes after a
 ``--stop-after-*`` phase is skipped, which is not a failure. Exit status 0 on success; on failure 1, with a
-one-line reason on stderr. Keys given with ``--hf-key``/``--openai-key`` reach the phases as ``HF_TOKEN`` /
-``OPENAI_API_KEY`` in this process's environment only, and are never echoed, logged or stored.
+one-line reason on stderr. Keys given with ``--hf-key``/``--openai-key`` (or read from a file or stdin with
+``--hf-key-file``/``--openai-key-file``, which keeps them out of ``/proc/<pid>/cmdline``) reach the phases as
+``HF_TOKEN`` / ``OPENAI_API_KEY`` in this process's environment only, and are never echoed, logged or stored.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import re
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 import dagster as dg
 
+from ft_assets.config import ConfigError
 from ft_assets.jobs import PHASES
+from ft_assets.secrets import redact, register_secret
 
 EXIT_FAILURE = 1
 EXIT_INTERRUPTED = 130
@@ -56,10 +60,22 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune, run inference and evaluate, as Dagster runs of the ft-assets assets.",
     )
     parser.add_argument("--config", help="TOML config (default: $FT_ASSETS_CONFIG or config/pipeline.toml)")
-    parser.add_argument("--hf-key", metavar="KEY", help="Hugging Face token for this run (as HF_TOKEN)")
-    parser.add_argument(
-        "--openai-key", metavar="KEY", help="OpenAI key for LLM-judge metrics (as OPENAI_API_KEY)"
-    )
+    for flag, what, var in (
+        ("hf", "Hugging Face token", "HF_TOKEN"),
+        ("openai", "OpenAI key", "OPENAI_API_KEY"),
+    ):
+        keys = parser.add_mutually_exclusive_group()
+        keys.add_argument(
+            f"--{flag}-key",
+            metavar="KEY",
+            help=f"{what} for this run (as {var}); other local users can read it in ps and "
+            f"/proc/<pid>/cmdline for the whole run: prefer ${var} or --{flag}-key-file",
+        )
+        keys.add_argument(
+            f"--{flag}-key-file",
+            metavar="PATH",
+            help=f"read the {what} from the file PATH ('-': from stdin), so it is not on the command line",
+        )
     for phase in PHASES:
         group = parser.add_mutually_exclusive_group()
         group.add_argument(
@@ -89,6 +105,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
     return parser
+
+
+def read_key_file(path: str, flag: str) -> str:
+    """The key in ``path`` (``-``: stdin), surrounding whitespace removed; an error names the flag."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{flag} {path}: cannot read the key: {error.__class__.__name__}") from None
+    key = text.strip()
+    if not key:
+        raise ConfigError(f"{flag} {path}: the file is empty")
+    return key
+
+
+def resolve_keys(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The HF and OpenAI keys from ``--*-key`` or ``--*-key-file`` (each registered as a secret)."""
+    if args.hf_key_file == "-" and args.openai_key_file == "-":
+        raise ConfigError(
+            "--hf-key-file - and --openai-key-file - cannot both read stdin; use a file for one"
+        )
+    keys = []
+    for flag in ("hf", "openai"):
+        path = getattr(args, f"{flag}_key_file")
+        key = read_key_file(path, f"--{flag}-key-file") if path else getattr(args, f"{flag}_key")
+        if key:
+            register_secret(key)
+        keys.append(key)
+    return keys[0], keys[1]
 
 
 def pipeline_overrides(args: argparse.Namespace) -> dict[str, bool]:
@@ -128,14 +172,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Beta notices about Dagster's own decorators say nothing to someone running the pipeline.
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     from ft_assets.pipeline import FineTunePipeline
-    from ft_assets.tracking import redact
 
     overrides = pipeline_overrides(args)
     try:
+        hf_key, openai_key = resolve_keys(args)
         pipeline = FineTunePipeline(
             config_path=args.config,
-            hf_key=args.hf_key,
-            openai_key=args.openai_key,
+            hf_key=hf_key,
+            openai_key=openai_key,
             overrides={"pipeline": overrides} if overrides else None,
             dagster_home=args.dagster_home,
         )
@@ -148,9 +192,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except Exception as error:
         reason = " ".join(str(error).split()) or type(error).__name__
-        secrets = [value for value in (args.hf_key, args.openai_key) if value]
-        for value in secrets:
-            reason = reason.replace(value, "***")
         print(f"ft-pipeline: error: {redact(reason)}", file=sys.stderr)
         return EXIT_FAILURE
     if args.json:

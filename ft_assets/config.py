@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from ft_assets.config_env import KeyPath, expand_env, refuse_env_refs
 from ft_assets.errors import FtAssetsError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -281,6 +289,8 @@ class Settings(_Section):
 
     #: Directory that relative paths in the config are resolved against (the config file's project).
     base_dir: Path = Field(default=PROJECT_ROOT, exclude=True)
+    #: The ``${VAR}`` template of each key that was expanded (see :mod:`ft_assets.config_env`).
+    _env_templates: dict[KeyPath, str] = PrivateAttr(default_factory=dict)
 
     def resolve_path(self, value: str | os.PathLike[str]) -> Path:
         """A config path made absolute against :attr:`base_dir`."""
@@ -323,28 +333,6 @@ def _flatten(values: Mapping[str, Any], prefix: str, out: dict[str, str]) -> Non
 def _did_you_mean(name: str, choices: Any) -> str:
     match = difflib.get_close_matches(name, list(choices), n=1)
     return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-
-
-def _expand_env(value: Any, where: str, source: str) -> Any:
-    if isinstance(value, str):
-
-        def lookup(match: re.Match[str]) -> str:
-            var = match.group(1)
-            if var not in os.environ:
-                raise ConfigError(
-                    f"{source}: {where} refers to ${{{var}}}, but the environment variable {var} is unset"
-                )
-            return os.environ[var]
-
-        return _ENV_REF.sub(lookup, value)
-    if isinstance(value, dict):
-        return {k: _expand_env(v, f"{where}.{k}", source) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_expand_env(v, f"{where}[{i}]", source) for i, v in enumerate(value)]
-    return value
 
 
 def _models_along(loc: tuple[Any, ...]) -> list[type[BaseModel]]:
@@ -393,13 +381,14 @@ def build_settings(
     data: Mapping[str, Any], *, source: str = "<config>", base_dir: Path | None = None
 ) -> Settings:
     """Validate raw config data; errors name ``source``, the section and the key."""
-    expanded = _expand_env(dict(data), "", source)
+    expanded, templates = expand_env(dict(data), source)
     try:
         settings = Settings.model_validate(expanded)
     except ValidationError as error:
         raise ConfigError(_format_validation_error(error, source)) from None
     if base_dir is not None:
         settings.base_dir = base_dir
+    settings._env_templates = templates
     return settings
 
 
@@ -499,5 +488,6 @@ def load_settings(
     file = _config_file(path)
     data = read_toml(file)
     if overrides:
+        refuse_env_refs(overrides)
         data = deep_merge(data, overrides)
     return build_settings(data, source=str(file), base_dir=_config_base_dir(file))

@@ -40,7 +40,8 @@ from ft_assets.phase_plan import plan_phases
 from ft_assets.preflight import PreflightReport, preflight
 from ft_assets.resources.settings import PipelineSettings, default_config_path
 from ft_assets.resources.tracking import MlflowTracking
-from ft_assets.tracking import TrackingOptions, check_reachable, redact
+from ft_assets.secrets import redact
+from ft_assets.tracking import TrackingOptions, check_reachable
 
 #: Dagster run tag naming the phases a run executed (``finetuning,inference``).
 PHASES_TAG = "ft_assets/phases"

@@ -58,7 +58,8 @@ from ft_assets.phases.models import (
     load_chat_template,
 )
 from ft_assets.phases.training_recipe import recipe_warnings
-from ft_assets.tracking import TrackingOptions, TrackingUnavailableError, check_reachable, strip_credentials
+from ft_assets.secrets import hf_token, strip_credentials
+from ft_assets.tracking import TrackingOptions, TrackingUnavailableError, check_reachable
 
 #: The phases a run can select, in pipeline order (the CLI's and FineTunePipeline's phase names).
 PIPELINE_PHASES = ("finetuning", "inference", "evaluation")
@@ -230,7 +231,7 @@ def _check_training_config(settings: Settings, env: Mapping[str, str], report: P
                 f"[fine_tuner] {key} = {value!r} is not one transformers knows{_suggest(value, names)}; "
                 f"choose one of {names}"
             )
-    if tuner.push_to_hub and not (env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN")):
+    if tuner.push_to_hub and not hf_token(env):
         raise ConfigError(
             "[fine_tuner] push_to_hub = true needs a Hugging Face token: set HF_TOKEN or pass --hf-key "
             "(or set push_to_hub = false)"
@@ -481,13 +482,9 @@ def _record(report: PreflightReport, key: str, dataset: LoadedDataset) -> None:
     report.passed.append(f"{key}: {len(dataset.examples)} usable rows ({dataset.format})")
 
 
-def _hf_token(env: Mapping[str, str]) -> str | None:
-    return env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or None
-
-
 def _training_sets(settings: Settings, env: Mapping[str, str], *, labelled: bool) -> dict[str, LoadedDataset]:
     """The training and (when configured) validation data sets, keyed by their config keys."""
-    tuner, token = settings.fine_tuner, _hf_token(env)
+    tuner, token = settings.fine_tuner, hf_token(env)
     sources = [("training_data_id", tuner.training_data_id, tuner.dataset_split)]
     if tuner.validation_data_id:
         sources.append(("validation_data_id", tuner.validation_data_id, tuner.validation_dataset_split))
@@ -537,7 +534,7 @@ def _check_test_data(settings: Settings, env: Mapping[str, str], report: Preflig
     key = "[inferencer] testing_data_id"
     # unlabelled rows are fine for inference: the evaluation check below decides whether they may be
     test_set = _load(
-        key, config.testing_data_id, settings, config, config.dataset_split, _hf_token(env), False
+        key, config.testing_data_id, settings, config, config.dataset_split, hf_token(env), False
     )
     _record(report, key, test_set)
     return test_set
@@ -565,7 +562,7 @@ def _check_metrics(
         parts = urllib.parse.urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise MetricsError(
-                f"evaluator.judge.base_url = {base_url!r} is not an http(s) URL "
+                f"evaluator.judge.base_url = {strip_credentials(base_url)!r} is not an http(s) URL "
                 f"(e.g. http://127.0.0.1:8000/v1); the LLM-judge metrics {judged} call it"
             )
     metrics_preflight(

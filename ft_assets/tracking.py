@@ -1,5 +1,6 @@
-"""MLflow tracking for the pipeline, free of any orchestrator: key sanitization, secret redaction and
-the run tree (one parent run per orchestrator run, one child run per phase).
+"""MLflow tracking for the pipeline, free of any orchestrator: the run tree (one parent run per orchestrator
+run, one child run per phase), with keys from :mod:`ft_assets.tracking_keys` and every value redacted by
+:mod:`ft_assets.secrets`.
 
 The Dagster resource in :mod:`ft_assets.resources.tracking` is a thin wrapper over
 :func:`open_phase_run`. ``mlflow`` is imported inside functions because this module is imported by the
@@ -7,32 +8,26 @@ Dagster code location, which must load quickly.
 
 Choices documented here once:
 
-* Keys (metrics, params, tags) follow the seed's rule (``=`` becomes ``:``, anything outside
-  ``[A-Za-z0-9_\\-. :/]`` becomes ``_``) plus MLflow's own: no empty path segments (``a//b``, ``/x``,
-  ``x/``), no ``.``/``..`` segments, at most 250 characters (longer names keep a prefix and a stable
-  hash), never empty. The result always passes MLflow's validator, so one odd name never makes MLflow
-  reject a whole batch.
+* Keys (metrics, params, tags) are valid MLflow keys, stable per run, collisions reported: see
+  :mod:`ft_assets.tracking_keys`.
 * Metric values: anything ``float()`` accepts except strings (ints, bools, numpy and 0-d torch
   scalars) is a metric; other values become tags, ``None`` is dropped. NaN is stored as NaN and
   ``±inf`` as ``±1.797e308`` (MLflow's own handling), so a diverged loss stays visible.
 * Params are immutable in MLflow. Re-logging a param with the value it already has is skipped; a
   different value is logged under ``<key>.2`` (then ``.3``...: the first free slot, or the slot that
   already holds that value) with a warning, instead of failing the phase.
-* Secrets (the values of :data:`SECRET_ENV_VARS`, and passwords inside URLs) are redacted from every
-  param, tag, error message, traceback and JSON/YAML artifact written here. Credentials embedded in the
-  tracking URI are moved to ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` so MLflow never
-  prints them.
+* Secrets (see :mod:`ft_assets.secrets`: secret variables, ``${VAR}`` expansions, URL credentials) are
+  redacted from every param, tag, error message, traceback and JSON/YAML artifact written here.
+  Credentials embedded in an http(s) tracking URI are moved to ``MLFLOW_TRACKING_USERNAME``/
+  ``MLFLOW_TRACKING_PASSWORD`` so MLflow never prints them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
-import numbers
 import os
-import posixpath
 import re
 import subprocess
 import time
@@ -49,6 +44,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ft_assets.config import ConfigError, Settings
 from ft_assets.errors import FtAssetsError
+from ft_assets.secrets import is_secret_name, redact, redact_value, refuse_secrets, strip_credentials
+from ft_assets.tracking_keys import (
+    MAX_KEY_LENGTH,
+    MAX_TAG_VALUE_LENGTH,
+    TAG_KEY_COLLISIONS,
+    RunKeys,
+    run_keys,
+    sanitize_metrics,
+)
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -58,19 +62,7 @@ if TYPE_CHECKING:
 #: Where an MLflow UI serves a non-http store (sqlite), so runs still get clickable links.
 MLFLOW_UI_URL_ENV = "MLFLOW_UI_URL"
 PHASES = ("finetuning", "inference", "baseline_inference", "evaluation", "promotion")
-SECRET_ENV_VARS = (
-    "HF_TOKEN",
-    "HUGGING_FACE_HUB_TOKEN",
-    "OPENAI_API_KEY",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-)
-#: Shorter values are not treated as secrets: redacting e.g. "1" would mangle every number.
-MIN_SECRET_LENGTH = 4
-
-MAX_KEY_LENGTH = 250
 MAX_PARAM_VALUE_LENGTH = 6000
-MAX_TAG_VALUE_LENGTH = 8000
 MAX_DATASET_DIGEST_LENGTH = 36
 ERROR_MESSAGE_LENGTH = 5000
 MAX_RUN_NAME_LENGTH = 200
@@ -108,37 +100,7 @@ class LogSink(Protocol):
     def warning(self, msg: str) -> Any: ...
 
 
-# --------------------------------------------------------------------------------------------- secrets
-
-_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^/\s:@]*):[^/\s@]+@")
-
-
-def _secret_values() -> list[tuple[str, str]]:
-    found = [(name, os.environ.get(name, "")) for name in SECRET_ENV_VARS]
-    # Longest first, so a secret that contains another one is replaced whole.
-    return sorted(((n, v) for n, v in found if len(v) >= MIN_SECRET_LENGTH), key=lambda item: -len(item[1]))
-
-
-def redact(text: str) -> str:
-    """``text`` with the values of :data:`SECRET_ENV_VARS` and passwords inside URLs replaced by ``***``."""
-    for _name, value in _secret_values():
-        text = text.replace(value, "***")
-    return _URL_PASSWORD.sub(r"\g<head>:***@", text)
-
-
-def _secret_in_bytes(data: bytes) -> str | None:
-    for name, value in _secret_values():
-        if value.encode() in data:
-            return name
-    return None
-
-
-def strip_credentials(uri: str) -> str:
-    """``uri`` without a ``user:password@`` part (what may be shown, tagged or passed on)."""
-    parts = urllib.parse.urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    return urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+# ------------------------------------------------------------------------------------- credentials
 
 
 def _adopt_credentials(uri: str) -> str:
@@ -156,78 +118,7 @@ def _adopt_credentials(uri: str) -> str:
     return strip_credentials(uri)
 
 
-# -------------------------------------------------------------------------------------- sanitization
-
-_SEED_INVALID = re.compile(r"[^a-zA-Z0-9_\-. :/]")
-_MLFLOW_KEY = re.compile(r"[/\w.\- :]*")
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:6]
-
-
-def is_valid_key(key: str) -> bool:
-    """Whether MLflow accepts ``key`` as a metric, param or tag name (its rules, restated)."""
-    if not key or len(key) > MAX_KEY_LENGTH or not _MLFLOW_KEY.fullmatch(key):
-        return False
-    norm = posixpath.normpath(key)
-    return norm == key and norm != "." and not norm.startswith(("..", "/"))
-
-
-def _with_suffix(key: str, original: str) -> str:
-    return f"{key[: MAX_KEY_LENGTH - 7].rstrip('/')}_{_digest(original)}"
-
-
-def sanitize_metric_name(name: str) -> str:
-    """A valid MLflow key for ``name`` (also used for params and tags); see the module notes."""
-    key = _SEED_INVALID.sub("_", str(name).replace("=", ":"))
-    key = "/".join("_" if part in (".", "..") else part for part in key.split("/") if part)
-    if key.startswith(".."):
-        key = "_" + key[1:]
-    key = key or "_"
-    if len(key) > MAX_KEY_LENGTH:
-        key = _with_suffix(key, str(name))
-    # Cannot happen with the rules above; kept so that no name ever reaches MLflow invalid.
-    return key if is_valid_key(key) else f"key_{_digest(str(name))}"
-
-
-def _as_float(value: Any) -> float | None:
-    if isinstance(value, numbers.Real):
-        return float(value)
-    if isinstance(value, str | bytes):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def sanitize_metrics(values: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]]:
-    """Split ``values`` into valid numeric metrics and text values (for tags), keys sanitized.
-
-    Two names that sanitize to the same key get distinct keys: names that were already valid keep
-    theirs, the others get a 6-hex-digit hash of their original name appended. The choice depends only
-    on the set of names in the batch, not on their order.
-    """
-    metrics: dict[str, float] = {}
-    texts: dict[str, str] = {}
-    owners: dict[str, str] = {}
-    ordered = sorted(
-        ((str(k), v) for k, v in values.items()), key=lambda kv: (sanitize_metric_name(kv[0]) != kv[0], kv[0])
-    )
-    for name, value in ordered:
-        if value is None:
-            continue
-        key = sanitize_metric_name(name)
-        if owners.get(key, name) != name:
-            key = _with_suffix(key, name)
-        owners[key] = name
-        number = _as_float(value)
-        if number is None:
-            texts[key] = redact(str(value))[:MAX_TAG_VALUE_LENGTH]
-        else:
-            metrics[key] = number
-    return metrics, texts
+# ------------------------------------------------------------------------------------------- names
 
 
 _RUN_NAME_ALLOWED = re.compile(r"[A-Za-z0-9 _.\-:+@]")
@@ -255,8 +146,6 @@ def validate_run_name(name: str, parts: Mapping[str, str]) -> str:
 
 
 # ------------------------------------------------------------------------------------------- options
-
-_SECRETISH = re.compile(r"(^|_)(TOKEN|PASSWORD|PASSWD|SECRET|API_KEY|KEY|CREDENTIALS?)($|_)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -320,7 +209,7 @@ class TrackingOptions:
             )
         env_to_tag = tuple(values.get("env_to_tag") or ())
         for var in env_to_tag:
-            if var in SECRET_ENV_VARS or _SECRETISH.search(var):
+            if is_secret_name(var, os.environ.get(var)):
                 raise ConfigError(
                     f"resource config env_to_tag lists {var!r}, which holds a secret; "
                     "secrets are never logged"
@@ -418,23 +307,55 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def _set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
+def _run_key_map(
+    run_id: str, names: Iterable[Any], log: LogSink | None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The run's keys for ``names``; a new collision is warned about (the caller records the tag)."""
+    mapping, added = run_keys(run_id).assign(str(n) for n in names)
+    _warn_collisions(run_id, added, log)
+    return mapping, added
+
+
+def _warn_collisions(run_id: str, added: Mapping[str, str], log: LogSink | None) -> None:
+    for name, key in added.items():
+        (log or _log).warning(
+            f"MLflow run {run_id}: {name!r} sanitizes to a key another name of this run already has; "
+            f"logged as {key!r} (listed in tag {TAG_KEY_COLLISIONS})"
+        )
+
+
+def _collision_tag(run_id: str) -> dict[str, str]:
+    listing = json.dumps(run_keys(run_id).collisions, ensure_ascii=False, sort_keys=True)
+    return {TAG_KEY_COLLISIONS: redact(listing)[:MAX_TAG_VALUE_LENGTH]}
+
+
+def _set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any], log: LogSink | None = None) -> None:
     from mlflow.entities import RunTag
 
-    clean = {sanitize_metric_name(k): redact(str(v))[:MAX_TAG_VALUE_LENGTH] for k, v in tags.items()}
+    mapping, added = _run_key_map(run_id, tags, log)
+    clean = {mapping[str(k)]: redact(str(v))[:MAX_TAG_VALUE_LENGTH] for k, v in tags.items()}
+    if added:
+        clean.update(_collision_tag(run_id))
     for batch in _chunks(clean.items(), _PARAMS_PER_BATCH):
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in batch])
 
 
-def _log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, Any], step: int | None) -> None:
+def _log_metrics(
+    client: MlflowClient, run_id: str, values: Mapping[str, Any], step: int | None, log: LogSink | None = None
+) -> None:
     from mlflow.entities import Metric
 
-    metrics, texts = sanitize_metrics(values)
+    keys = run_keys(run_id)
+    before = len(keys.collisions)
+    metrics, texts = sanitize_metrics(values, keys)
     now = int(time.time() * 1000)
     for batch in _chunks(metrics.items(), _METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=[Metric(k, v, now, step or 0) for k, v in batch])
+    if len(keys.collisions) > before:
+        _warn_collisions(run_id, dict(list(keys.collisions.items())[before:]), log)
+        texts = {**texts, **_collision_tag(run_id)}
     if texts:
-        _set_tags(client, run_id, texts)
+        _set_tags(client, run_id, texts, log)
 
 
 def _free_slot(key: str, value: str, taken: Mapping[str, str]) -> str | None:
@@ -456,8 +377,11 @@ def _log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any], lo
     for attempt in (1, 2):
         taken = dict(client.get_run(run_id).data.params)
         new: dict[str, str] = {}
+        mapping, added = _run_key_map(run_id, params, log if attempt == 1 else None)
+        if added:
+            _set_tags(client, run_id, _collision_tag(run_id))
         for raw_key, raw_value in params.items():
-            key = sanitize_metric_name(str(raw_key))
+            key = mapping[str(raw_key)]
             value = redact(str(raw_value))[:MAX_PARAM_VALUE_LENGTH]
             slot = _free_slot(key, value, {**taken, **new})
             if slot is None:
@@ -671,45 +595,47 @@ class PhaseRun:
         """Metrics on the child run, names sanitized; non-numeric values become tags."""
         if self.enabled:
             with self._guard("log metrics") as client:
-                _log_metrics(client, str(self.run_id), metrics, step)
+                _log_metrics(client, str(self.run_id), metrics, step, self._log)
 
     def log_parent_metrics(self, metrics: Mapping[str, Any]) -> None:
         """Metrics on the parent run (e.g. headline scores comparable across runs)."""
         if self.enabled:
             with self._guard("log parent metrics") as client:
-                _log_metrics(client, str(self.parent_run_id), metrics, None)
+                _log_metrics(client, str(self.parent_run_id), metrics, None, self._log)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Tags on the child run, keys sanitized, values redacted."""
         if self.enabled:
             with self._guard("set tags") as client:
-                _set_tags(client, str(self.run_id), tags)
+                _set_tags(client, str(self.run_id), tags, self._log)
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         """Upload one file; refused (``ValueError``) when it contains a secret's value."""
         if self.enabled:
             with self._guard(f"log artifact {path}") as client:
-                _refuse_secrets([Path(path)])
+                refuse_secrets([Path(path)])
                 client.log_artifact(str(self.run_id), str(path), artifact_path)
 
     def log_artifacts(self, directory: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         """Upload a folder; refused (``ValueError``) when any file in it contains a secret's value."""
         if self.enabled:
             with self._guard(f"log artifacts {directory}") as client:
-                _refuse_secrets(p for p in Path(directory).rglob("*") if p.is_file())
+                refuse_secrets(p for p in Path(directory).rglob("*") if p.is_file())
                 client.log_artifacts(str(self.run_id), str(directory), artifact_path)
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
-        """``obj`` as JSON (or YAML for ``.yaml``/``.yml``), redacted, as artifact ``artifact_file``."""
+        """``obj`` as JSON (or YAML for ``.yaml``/``.yml``), each string in it redacted (never the serialized
+        text: a secret such as ``true`` would break it), as artifact ``artifact_file``."""
         if self.enabled:
             with self._guard(f"log {artifact_file}") as client:
+                clean = redact_value(json.loads(json.dumps(obj, default=str)))
                 if artifact_file.endswith((".yaml", ".yml")):
                     import yaml
 
-                    text = yaml.safe_dump(obj, sort_keys=False, allow_unicode=True)
+                    text = yaml.safe_dump(clean, sort_keys=False, allow_unicode=True)
                 else:
-                    text = json.dumps(obj, indent=2, ensure_ascii=False, default=str)
-                client.log_text(str(self.run_id), redact(text), artifact_file)
+                    text = json.dumps(clean, indent=2, ensure_ascii=False)
+                client.log_text(str(self.run_id), text, artifact_file)
 
     def log_dataset(self, name: str, digest: str, source: str, context: str) -> None:
         """An MLflow dataset input (``context``: training, validation, evaluation...) on child and parent,
@@ -780,27 +706,18 @@ class PhaseRun:
         }
         return {key: value for key, value in values.items() if value}
 
-    def subprocess_env(self) -> dict[str, str]:
-        """Variables that let a subprocess log into this child run (no credentials: those stay in the
-        inherited ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN``)."""
+    def subprocess_env(self, *, with_credentials: bool = False) -> dict[str, str]:
+        """Variables that let a subprocess log into this child run. http(s) credentials stay in the
+        inherited ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``/``TOKEN``; a database URI's own credentials
+        are kept only ``with_credentials`` (a local child's environment, never a pod spec or a tag)."""
         if not self.enabled:
             return {}
+        uri = str(self.tracking_uri)
         return {
-            "MLFLOW_TRACKING_URI": strip_credentials(str(self.tracking_uri)),
+            "MLFLOW_TRACKING_URI": uri if with_credentials else strip_credentials(uri),
             "MLFLOW_RUN_ID": str(self.run_id),
             "MLFLOW_EXPERIMENT_ID": str(self.experiment_id),
         }
-
-
-def _refuse_secrets(files: Iterable[Path]) -> None:
-    for path in files:
-        with path.open("rb") as handle:
-            tail = b""
-            while chunk := handle.read(1 << 24):
-                # Overlap chunks so a secret split across a boundary is still found.
-                if name := _secret_in_bytes(tail + chunk):
-                    raise ValueError(f"refusing to upload {path}: it contains the value of {name}")
-                tail = chunk[-256:]
 
 
 def _model_requirements() -> list[str]:
@@ -989,7 +906,9 @@ class _Tracker:
 
 
 def _clean_tags(tags: Mapping[str, Any]) -> dict[str, str]:
-    return {sanitize_metric_name(k): redact(str(v))[:MAX_TAG_VALUE_LENGTH] for k, v in tags.items()}
+    """``tags`` for ``create_run`` (no run id yet): two names on one key keep both, the second hashed."""
+    mapping, _ = RunKeys().assign(str(k) for k in tags)
+    return {mapping[str(k)]: redact(str(v))[:MAX_TAG_VALUE_LENGTH] for k, v in tags.items()}
 
 
 @contextmanager

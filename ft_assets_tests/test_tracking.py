@@ -17,19 +17,16 @@ from mlflow import MlflowClient
 from mlflow.utils.validation import _validate_metric_name, _validate_param_name, _validate_tag_name
 
 from ft_assets.config import ConfigError, build_settings
+from ft_assets.secrets import SECRET_ENV_VARS, redact, strip_credentials
 from ft_assets.tracking import (
-    SECRET_ENV_VARS,
     OrchestratorRun,
     TrackingOptions,
     TrackingUnavailableError,
     check_reachable,
     find_or_create_parent,
     open_phase_run,
-    redact,
-    sanitize_metric_name,
-    sanitize_metrics,
-    strip_credentials,
 )
+from ft_assets.tracking_keys import sanitize_metric_name, sanitize_metrics
 from ft_assets_tests.mlflow_server import MlflowServer, free_port
 
 HOSTILE = {

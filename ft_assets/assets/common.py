@@ -61,7 +61,3 @@ def run_output_dir(settings: Settings, asset_name: str, context: dg.AssetExecuti
 def secret(name: str) -> str | None:
     """A secret from the environment (set there by the user or by ``ft-pipeline --hf-key/--openai-key``)."""
     return os.environ.get(name) or None
-
-
-def hf_token() -> str | None:
-    return secret("HF_TOKEN") or secret("HUGGING_FACE_HUB_TOKEN")

@@ -216,13 +216,23 @@ def _read_json(path: Path) -> RawRows:
     return list(enumerate(document, 1))
 
 
+#: The longest CSV cell read (the csv module's default, 131,072 characters, is shorter than many documents).
+CSV_MAX_CELL_CHARS = 1 << 24
+
+
 def _read_csv(path: Path) -> RawRows:
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_MAX_CELL_CHARS))
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
         try:
             # Cells beyond the header land under the key None; they have no column name to map.
             return [(n, {k: v for k, v in r.items() if k is not None}) for n, r in enumerate(reader, 1)]
         except csv.Error as error:
+            if "field larger than field limit" in str(error):
+                raise DatasetError(
+                    f"{path}: line {reader.line_num}: a cell is longer than {csv.field_size_limit():,} "
+                    "characters, the most a CSV cell may hold here; shorten it or use JSONL or parquet"
+                ) from None
             raise DatasetError(f"{path}: line {reader.line_num}: malformed CSV ({error})") from None
 
 
@@ -459,6 +469,8 @@ def _contexts(row: Mapping[str, Any]) -> tuple[str, ...]:
         return ()
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise _BadField(CONTEXTS_COLUMN, "expected a list of strings")
+    for index, item in enumerate(value):
+        _check_encodable(item, f"{CONTEXTS_COLUMN}[{index}]")
     return tuple(value)
 
 
@@ -467,6 +479,7 @@ def _parse_row(
 ) -> Example:
     raw_id = row.get(ID_COLUMN)
     example_id = str(raw_id) if raw_id is not None else f"row-{number}"
+    _check_encodable(example_id, ID_COLUMN)  # the id is written to every output row
     contexts = _contexts(row)
     if fmt == "text":
         text = _text_field(row, "text", required=True)

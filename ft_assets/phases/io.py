@@ -1,4 +1,9 @@
-"""Atomic publication of outputs: a reader sees the whole result or nothing, never half of it."""
+"""Atomic publication of outputs: a reader sees the whole result or nothing, never half of it.
+
+Published folders and files get the permissions the process's umask gives any new file (``0755``/``0644``
+under umask 022): ``tempfile`` creates its scratch folders and files owner-only, which would otherwise make a
+shared model cache or a report unreadable to a teammate or to a pod running as another user.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,26 @@ from pathlib import Path
 from typing import Any
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` can only be read by setting it, which
+    would briefly give files created by other threads the wrong mode)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(path: Path) -> None:
+    """Give ``path`` (made by ``tempfile``, owner-only) the mode a plain ``mkdir``/``open`` would."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~current_umask())
+
+
 @contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a scratch directory beside ``final`` that is renamed to ``final`` only if the block succeeds.
@@ -21,6 +46,7 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    apply_umask(scratch)
     try:
         yield scratch
         if final.exists():
@@ -41,6 +67,7 @@ def atomic_file(final: Path, mode: str = "w") -> Iterator[Any]:
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.partial-", dir=final.parent)
     try:
+        apply_umask(Path(tmp))
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
             yield handle
             handle.flush()

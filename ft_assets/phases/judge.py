@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ft_assets.config import JudgeConfig
+from ft_assets.secrets import redact
 
 _ERROR_TEXT_LIMIT = 500
 
@@ -36,8 +37,9 @@ def _note(text: str) -> None:
 
 
 def describe_error(error: BaseException) -> str:
-    """One line naming the exception, at most 500 characters."""
-    text = " ".join(f"{type(error).__name__}: {error}".split())
+    """One line naming the exception, at most 500 characters, redacted (here, at the source: a judge error
+    can echo the key or the endpoint's credentials, and it ends up in the report)."""
+    text = redact(" ".join(f"{type(error).__name__}: {error}".split()))
     return text if len(text) <= _ERROR_TEXT_LIMIT else text[: _ERROR_TEXT_LIMIT - 3] + "..."
 
 

@@ -40,6 +40,7 @@ from ft_assets.config import JUDGE_METRICS, EvaluatorConfig
 from ft_assets.errors import FtAssetsError
 from ft_assets.phases import metric_definitions, text_metrics
 from ft_assets.phases.judge import Judge, JudgeUsage, describe_error, judge_cost_usd
+from ft_assets.secrets import strip_credentials
 
 OPENAI_KEY_ENV = "OPENAI_API_KEY"
 OPENAI_KEY_FLAG = "--openai-key"
@@ -150,7 +151,9 @@ def preflight(
     problems: list[str] = []
     judged = [name for name in metrics if name in JUDGE_METRICS]
     if judged and not resolve_api_key(api_key):
-        endpoint = config.judge.base_url or f"{DEFAULT_JUDGE_ENDPOINT} (evaluator.judge.base_url is unset)"
+        endpoint = strip_credentials(config.judge.base_url or "") or (
+            f"{DEFAULT_JUDGE_ENDPOINT} (evaluator.judge.base_url is unset)"
+        )
         problems.append(
             f"evaluator.metrics {judged} are LLM-judge metrics and need an API key for {endpoint}: "
             f"set the environment variable {OPENAI_KEY_ENV} or pass {OPENAI_KEY_FLAG} "

@@ -17,6 +17,7 @@ from typing import Any
 from ft_assets.config import EMBEDDED_SMOLLM2, EMBEDDED_TINY, Settings, load_settings
 from ft_assets.errors import FtAssetsError
 from ft_assets.phases.io import atomic_directory, sha256_tree, write_json
+from ft_assets.secrets import hf_token
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: Bump when the tiny model recipe changes, so caches of the old recipe are not reused.
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> None:
         settings.fine_tuner.base_model_id,
         cache_dir=settings.model_cache_dir,
         base_dir=settings.base_dir,
-        token=os.environ.get("HF_TOKEN"),
+        token=hf_token(),
     )
     print(json.dumps(resolved.to_json(), indent=2))
 

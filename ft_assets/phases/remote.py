@@ -15,7 +15,9 @@ are the same whatever the launcher:
   (:mod:`ft_assets.processes`).
 
 Secrets (``HF_TOKEN``, ``OPENAI_API_KEY``, ``MLFLOW_TRACKING_PASSWORD``) are read from the environment
-here; a request never carries them. Under a multi-process launcher every rank trains (DDP/FSDP need all of
+here; a request never carries them. In process the phase gets the settings object itself; across processes
+the settings travel as data (:func:`ft_assets.config_env.settings_as_data`: ``${VAR}`` keys as their
+templates, URL credentials stripped, nothing replaced by substring). Under a multi-process launcher every rank trains (DDP/FSDP need all of
 them), but only rank 0 talks to Pipes and MLflow and publishes the output directory.
 
 This module imports ``dagster_pipes`` (the dependency-free protocol package), never ``dagster``.
@@ -24,7 +26,6 @@ This module imports ``dagster_pipes`` (the dependency-free protocol package), ne
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -32,9 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from ft_assets.config import Settings, build_settings
+from ft_assets.config_env import settings_as_data
 from ft_assets.phases.models import ResolvedModel
 from ft_assets.processes import exit_when_orchestrator_gone
-from ft_assets.tracking import LogSink, PhaseRun, redact, strip_credentials
+from ft_assets.secrets import hf_token
+from ft_assets.tracking import LogSink, PhaseRun
 
 #: The Pipes extra that carries the :class:`PhaseRequest`.
 REQUEST_EXTRA = "ft_assets_phase_request"
@@ -57,6 +60,8 @@ class PhaseRequest:
     model_dir: str | None = None
     model_hash: str | None = None
     tracking_required: bool = True
+    #: The settings object itself, for a phase run in this process (never serialized).
+    local_settings: Settings | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.phase not in REMOTE_PHASES:
@@ -69,11 +74,12 @@ class PhaseRequest:
         """Train ``base_model`` and publish the adapter (or full model) at ``output_dir``."""
         return cls(
             phase="finetuning",
-            settings=_shareable_settings(settings),
+            settings=settings_as_data(settings),
             base_dir=str(settings.base_dir),
             output=str(output_dir),
             base_model=base_model.to_json(),
             tracking_required=tracking_required,
+            local_settings=settings,
         )
 
     @classmethod
@@ -90,16 +96,17 @@ class PhaseRequest:
         """Generate answers of ``model_dir`` on the test split into the JSONL ``output_path``."""
         return cls(
             phase=phase,
-            settings=_shareable_settings(settings),
+            settings=settings_as_data(settings),
             base_dir=str(settings.base_dir),
             output=str(output_path),
             model_dir=str(model_dir),
             model_hash=model_hash,
             tracking_required=tracking_required,
+            local_settings=settings,
         )
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "local_settings"}
 
     @classmethod
     def from_json(cls, data: Any) -> PhaseRequest:
@@ -108,6 +115,8 @@ class PhaseRequest:
         return cls(**data)
 
     def load_settings(self) -> Settings:
+        if self.local_settings is not None:
+            return self.local_settings
         return build_settings(
             self.settings, source=f"phase request ({self.phase})", base_dir=Path(self.base_dir)
         )
@@ -119,16 +128,6 @@ class PhaseRequest:
         return ResolvedModel(
             values["model_id"], Path(values["path"]), values["content_hash"], values["source"]
         )
-
-
-def _shareable_settings(settings: Settings) -> dict[str, Any]:
-    """The settings as JSON with URL credentials and secret values removed: a request travels as a file,
-    an environment variable of a pod spec or a Pipes message, where secrets must never be."""
-    data = settings.model_dump(mode="json")
-    uri = data["mlflow"].get("tracking_uri")
-    if uri:
-        data["mlflow"]["tracking_uri"] = strip_credentials(uri)
-    return json.loads(redact(json.dumps(data)))
 
 
 @dataclass
@@ -145,10 +144,6 @@ def _meta(value: Any, kind: str) -> dict[str, Any]:
     return {"raw_value": value, "type": kind}
 
 
-def _hf_token() -> str | None:
-    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
-
-
 def execute(request: PhaseRequest, run: PhaseRun, log: LogSink = _log) -> PhaseOutcome:
     """Run the requested phase, logging into ``run``, and return its outcome."""
     settings = request.load_settings()
@@ -162,7 +157,7 @@ def _finetune(request: PhaseRequest, settings: Settings, run: PhaseRun, log: Log
 
     base = request.resolved_base_model()
     output_dir = Path(request.output)
-    token = _hf_token()
+    token = hf_token()
     train_set, validation_set = load_training_data(settings, token)
     for name, dataset in (("train", train_set), ("validation", validation_set)):
         if dataset is not None:
@@ -253,7 +248,7 @@ def _infer(request: PhaseRequest, settings: Settings, run: PhaseRun, log: LogSin
     if request.model_dir is None or request.model_hash is None:
         raise ValueError(f"phase request ({request.phase}) names no model directory or model hash")
     output = Path(request.output)
-    dataset = load_test_data(settings.inferencer, settings.base_dir, _hf_token())
+    dataset = load_test_data(settings.inferencer, settings.base_dir, hf_token())
     run.log_dataset("test", dataset.content_hash, dataset.resolved, "testing")
     template = configured_chat_template(settings)
     result = generate(Path(request.model_dir), dataset, settings.inferencer, output, chat_template=template)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ft_assets.phases.io import apply_umask
 from ft_assets.phases.metrics import JudgeUsage, MetricScores, summarize
 
 SUMMARY_JSON = "evaluation_summary.json"
@@ -72,6 +73,7 @@ def write_report(
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    apply_umask(staging)  # mkdtemp is owner-only; a teammate must be able to read the report
     try:
         (staging / SUMMARY_JSON).write_text(
             json.dumps(_jsonable(document), indent=2, allow_nan=False) + "\n", encoding="utf-8"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ft_assets.config import FineTunerConfig, Settings, load_settings
+from ft_assets.phases.checkpoint_lock import CheckpointLock
 from ft_assets.phases.datasets import (
     BadRow,
     Example,
@@ -50,6 +51,7 @@ from ft_assets.phases.training_recipe import (
     planned_steps,
     sft_config,
 )
+from ft_assets.secrets import hf_token, redact_value
 
 logger = logging.getLogger(__name__)
 LogCallback = Callable[[Mapping[str, float], int], None]
@@ -91,10 +93,20 @@ class TrainingResult:
 
 
 def training_fingerprint(
-    config: FineTunerConfig, base: ResolvedModel, data_versions: Mapping[str, str]
+    config: FineTunerConfig,
+    base: ResolvedModel,
+    data_versions: Mapping[str, str],
+    chat_template: tuple[str | None, str | None] | None = None,
 ) -> str:
-    """Identity of a training job: same fingerprint -> its checkpoints can be resumed."""
+    """Identity of a training job: same fingerprint -> its checkpoints can be resumed.
+
+    Everything that changes what is trained counts by content: the config values, the base model's and the
+    data's content hashes, and the resolved ``chat_template`` (its text and end-of-turn token), not the
+    ``chat_template`` key's file name: an edited template file must not resume the old template's checkpoints.
+    """
     relevant = {k: v for k, v in config.model_dump(mode="json").items() if k not in _NON_TRAINING_KEYS}
+    if config.chat_template is not None:
+        relevant["chat_template"] = list(chat_template) if chat_template is not None else None
     payload = json.dumps(
         {"config": relevant, "base": base.content_hash, "data": dict(data_versions)}, sort_keys=True
     )
@@ -336,8 +348,12 @@ def train(
     data_versions = {"train": train_set.content_hash}
     if validation_set is not None:
         data_versions["validation"] = validation_set.content_hash
-    fingerprint = training_fingerprint(config, base, data_versions)
+    fingerprint = training_fingerprint(config, base, data_versions, template)
     checkpoint_dir = checkpoint_root / fingerprint
+    # rank 0 alone: the other ranks of a job follow it (they would otherwise wait on their own rank 0)
+    lock = (
+        CheckpointLock(checkpoint_root, fingerprint, logger) if os.environ.get("RANK", "0") == "0" else None
+    )
     retention_days = settings.pipeline.checkpoint_retention_days
     # under DDP every rank runs this; one of them prunes
     if retention_days is not None and os.environ.get("RANK", "0") == "0":
@@ -372,7 +388,7 @@ def train(
         "method": config.method,
         "data_versions": data_versions,
         "fingerprint": fingerprint,
-        "config": config.model_dump(mode="json"),
+        "config": redact_value(config.model_dump(mode="json")),  # values from ${VAR} are secrets
         "metrics": metrics,
         "device": device.__dict__,
         "chat_template_source": config.chat_template or "tokenizer",
@@ -399,6 +415,8 @@ def train(
             _save_loss_plot(log_history, scratch / "loss_curve.png")
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
         hub_url = _push_to_hub(output_dir, config, hub_token) if config.push_to_hub else None
+    if lock is not None:
+        lock.release()
     trainer.accelerator.wait_for_everyone()
     return TrainingResult(
         output_dir=output_dir,
@@ -486,7 +504,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", required=True, type=Path)
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
-    token = os.environ.get("HF_TOKEN")
+    token = hf_token()
     base = resolve_base_model(
         settings.fine_tuner.base_model_id,
         cache_dir=settings.model_cache_dir,

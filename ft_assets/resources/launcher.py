@@ -168,7 +168,8 @@ class ComputeLauncher(dg.ConfigurableResource):
 
             return _result(execute(request, run, context.log))
         extras = {REQUEST_EXTRA: request.to_json()}
-        env = {**self.env, **run.subprocess_env()}
+        # a local child inherits credentials through its environment; a pod spec must never hold them
+        env = {**self.env, **run.subprocess_env(with_credentials=self.mode == "subprocess")}
         if self.mode == "subprocess":
             # the phase's processes stop if this one is killed, rather than train on for nobody
             env[ORCHESTRATOR_ENV] = ProcessIdentity.of(os.getpid()).encode()

@@ -13,12 +13,12 @@ import dagster as dg
 from pydantic import Field
 
 from ft_assets.config import ConfigError, Settings
+from ft_assets.secrets import redact, strip_credentials
 from ft_assets.tracking import (
     OrchestratorRun,
     TrackingOptions,
     mark_parent_failed,
     open_phase_run,
-    redact,
 )
 from ft_assets.tracking import PhaseRun as _PhaseRun
 
@@ -111,7 +111,9 @@ class MlflowTracking(dg.ConfigurableResource):
 
 def _tag_dagster_run(context: dg.AssetExecutionContext | dg.OpExecutionContext, run: _PhaseRun) -> None:
     """Record the MLflow parent on the Dagster run, for :data:`mlflow_run_failure_sensor`."""
-    tags = {DAGSTER_TAG_PARENT_RUN: str(run.parent_run_id), DAGSTER_TAG_TRACKING_URI: str(run.tracking_uri)}
+    # Without credentials: run tags are shown in the UI and stored in the instance.
+    uri = strip_credentials(str(run.tracking_uri))
+    tags = {DAGSTER_TAG_PARENT_RUN: str(run.parent_run_id), DAGSTER_TAG_TRACKING_URI: uri}
     if all(context.run.tags.get(key) == value for key, value in tags.items()):
         return
     try:
@@ -131,5 +133,12 @@ def mlflow_run_failure_sensor(context: dg.RunFailureSensorContext) -> None:
     if not parent_run_id or not tracking_uri:
         return
     reason = redact(f"Dagster run {context.dagster_run.run_id} failed: {context.failure_event.message}")
-    if mark_parent_failed(tracking_uri, parent_run_id, reason):
+    if mark_parent_failed(_with_env_credentials(tracking_uri), parent_run_id, reason):
         context.log.info(f"marked MLflow parent run {parent_run_id} FAILED")
+
+
+def _with_env_credentials(tagged_uri: str) -> str:
+    """The tagged (credential-free) tracking URI, or ``MLFLOW_TRACKING_URI`` when that is the same store
+    with its credentials (a database URI keeps them in the URI itself)."""
+    configured = os.environ.get("MLFLOW_TRACKING_URI", "")
+    return configured if configured and strip_credentials(configured) == tagged_uri else tagged_uri

