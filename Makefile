@@ -31,7 +31,7 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	cp dagster.yaml $@
 
 demo: install $(DAGSTER_HOME)/dagster.yaml
-	MLFLOW_UI_URL=http://$(HOST):$(MLFLOW_PORT) $(VENV)/bin/dagster job execute -m ft_assets.definitions -j fine_tune_pipeline
+	MLFLOW_UI_URL=http://$(HOST):$(MLFLOW_PORT) $(VENV)/bin/dagster job execute -m ft_assets.definitions -j fine_tune_pipeline -c config/demo.yaml
 	$(PY) -m ft_assets.report_demo
 
 test: install

@@ -40,6 +40,7 @@ from ft_assets.phases.models import (
     load_tokenizer,
     resolve_base_model,
 )
+from ft_assets.phases.system_prompt import SYSTEM_PROMPT_KEY, SystemPrompt
 
 logger = logging.getLogger(__name__)
 LogCallback = Callable[[Mapping[str, float], int], None]
@@ -479,6 +480,7 @@ def train(
         "metrics": metrics,
         "device": device.__dict__,
         "chat_template_source": config.chat_template or "tokenizer",
+        SYSTEM_PROMPT_KEY: SystemPrompt.of(config).to_json(),
         "eos_token": tokenizer.eos_token,
         "resumed_from_step": resumed_from_step,
         "dropped_rows": len(dropped),
