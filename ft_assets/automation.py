@@ -31,6 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+
+# Private names, because Dagster 1.13 exports no public equivalent: the asset graph's type (only a type
+# hint here; AssetSelection.resolve takes it) and the tag that gives a sensor's AssetObservation a data
+# version (observable source assets set it for themselves; a sensor emitting observations must set it).
 from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 

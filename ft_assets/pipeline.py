@@ -36,6 +36,7 @@ from ft_assets.config import PROJECT_ROOT, Settings
 from ft_assets.definitions import defs
 from ft_assets.errors import FtAssetsError
 from ft_assets.jobs import PHASE_GROUPS, PHASES, fine_tune_pipeline, observing_datasets
+from ft_assets.phase_plan import plan_phases
 from ft_assets.preflight import PreflightReport, preflight
 from ft_assets.resources.settings import PipelineSettings, default_config_path
 from ft_assets.resources.tracking import MlflowTracking
@@ -175,25 +176,7 @@ class FineTunePipeline:
 
     def plan(self) -> tuple[list[str], dict[str, str]]:
         """The phases ``[pipeline]`` runs, in order, and why each other phase is skipped."""
-        section = self.settings.pipeline
-        enabled = {
-            "finetuning": section.enable_finetuning,
-            "inference": section.enable_inference,
-            "evaluation": section.enable_evaluation,
-        }
-        stop_after = {"finetuning": section.stop_after_finetuning, "inference": section.stop_after_inference}
-        run: list[str] = []
-        skipped: dict[str, str] = {}
-        for index, phase in enumerate(PHASES):
-            if enabled[phase]:
-                run.append(phase)
-            else:
-                skipped[phase] = f"[pipeline] enable_{phase} = false"
-            if stop_after.get(phase):
-                for later in PHASES[index + 1 :]:
-                    skipped[later] = f"[pipeline] stop_after_{phase} = true"
-                break
-        return run, skipped
+        return plan_phases(self.settings.pipeline)
 
     def run_pipeline(self) -> dict[str, Any]:
         """The phases ``[pipeline]`` enables, up to ``stop_after_*``, as one Dagster run.

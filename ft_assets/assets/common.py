@@ -8,6 +8,7 @@ import dagster as dg
 
 from ft_assets.config import Settings
 from ft_assets.jobs import PHASE_GROUPS
+from ft_assets.phase_plan import refuse_skipped_phases
 from ft_assets.resources.tracking import MlflowTracking
 
 #: Code version of the phase logic; bump when outputs for the same inputs would change.
@@ -41,6 +42,7 @@ def preflight_run(context: dg.AssetExecutionContext, settings: Settings, mlflow:
     pending = [phase for phase in run_phases(context) if phase not in checked]
     if not pending:
         return
+    refuse_skipped_phases(settings.pipeline, pending)
     report = preflight(settings, phases=pending, tracking=mlflow.options(settings))
     context.log.info(report.summary())
     done = [phase for phase in PHASE_GROUPS if phase in checked or phase in pending]

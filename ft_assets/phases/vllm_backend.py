@@ -63,6 +63,33 @@ def _finish_reason(completion: Any) -> str:
     return "stop" if isinstance(completion.stop_reason, str) else "eos"
 
 
+def engine_arguments(model_dir: Path, config: InferencerConfig) -> tuple[dict[str, Any], Path, bool]:
+    """``vllm.LLM`` keyword arguments for ``model_dir`` (dtype and ``max_model_len`` aside), the weights
+    directory, and whether ``model_dir`` is a LoRA adapter served on top of those weights."""
+    if not model_dir.is_dir():
+        raise ModelError(f"model directory does not exist: {model_dir}")
+    adapter_config = model_dir / "adapter_config.json"
+    if adapter_config.is_file():
+        weights = adapter_base_path(model_dir)
+        rank = int(json.loads(adapter_config.read_text()).get("r", 16))
+        engine_args: dict[str, Any] = {"model": str(weights), "enable_lora": True, "max_lora_rank": rank}
+    elif (model_dir / "config.json").is_file():
+        weights = model_dir
+        engine_args = {"model": str(model_dir)}
+    else:
+        raise ModelError(
+            f"{model_dir} holds neither a model (config.json) nor an adapter (adapter_config.json)"
+        )
+    engine_args.update(
+        tokenizer=str(model_dir),
+        seed=config.seed,
+        # vLLM schedules continuously; batch_size bounds the sequences it runs at once, as it bounds a batch
+        # of the HF path (and its memory).
+        max_num_seqs=config.batch_size,
+    )
+    return engine_args, weights, adapter_config.is_file()
+
+
 def generate_rows_vllm(
     model_dir: Path,
     examples: Sequence[Example],
@@ -75,33 +102,16 @@ def generate_rows_vllm(
     from transformers import GenerationConfig
     from vllm.lora.request import LoRARequest
 
-    if not model_dir.is_dir():
-        raise ModelError(f"model directory does not exist: {model_dir}")
-    adapter_config = model_dir / "adapter_config.json"
-    if adapter_config.is_file():
-        weights = adapter_base_path(model_dir)
-        rank = int(json.loads(adapter_config.read_text()).get("r", 16))
-        engine_args: dict[str, Any] = {"model": str(weights), "enable_lora": True, "max_lora_rank": rank}
-        lora = LoRARequest("adapter", 1, str(model_dir))
-    elif (model_dir / "config.json").is_file():
-        weights = model_dir
-        engine_args = {"model": str(model_dir)}
-        lora = None
-    else:
-        raise ModelError(
-            f"{model_dir} holds neither a model (config.json) nor an adapter (adapter_config.json)"
-        )
+    engine_args, weights, is_adapter = engine_arguments(model_dir, config)
     tokenizer = inference_tokenizer(model_dir, chat_template)
+    encoded = encode_prompts(tokenizer, examples)
+    lora = LoRARequest("adapter", 1, str(model_dir)) if is_adapter else None
     generation_config = (
         GenerationConfig.from_pretrained(weights) if (weights / "generation_config.json").is_file() else None
     )
-
-    encoded = encode_prompts(tokenizer, examples)
     llm = vllm.LLM(
         **engine_args,
-        tokenizer=str(model_dir),
         dtype=detect_device("cuda").dtype,
-        seed=config.seed,
         max_model_len=max(len(ids) for ids in encoded) + config.max_new_tokens,
     )
     sampling = vllm.SamplingParams(

@@ -60,7 +60,8 @@ class PhaseResult:
 
 
 def _result(outcome: PhaseOutcome) -> PhaseResult:
-    # The converter Pipes itself applies to reported metadata: in-process and external runs match exactly.
+    # The converter Pipes itself applies to reported metadata (private: Dagster exports no public one), so
+    # in-process and external runs match exactly.
     from dagster._core.definitions.metadata.external_metadata import metadata_map_from_external
 
     return PhaseResult(

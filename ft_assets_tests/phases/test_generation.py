@@ -399,6 +399,33 @@ def test_vllm_backend_fails_clearly_without_vllm_or_cuda(tiny_model: Any) -> Non
         generate_rows_vllm(tiny_model.path, demo_examples(1), config(backend="vllm"))
 
 
+def test_vllm_engine_honours_batch_size_and_serves_an_adapter_on_its_base(
+    tiny_model: Any, tmp_path: Path
+) -> None:
+    from ft_assets.phases.vllm_backend import engine_arguments
+
+    args, weights, is_adapter = engine_arguments(tiny_model.path, config(backend="vllm", batch_size=7))
+    assert (args["max_num_seqs"], args["model"], weights, is_adapter) == (
+        7,
+        str(tiny_model.path),
+        tiny_model.path,
+        False,
+    )
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"r": 4, "base_model_name_or_path": str(tiny_model.path)})
+    )
+    args, weights, is_adapter = engine_arguments(adapter, config(backend="vllm", batch_size=3))
+    assert (args["enable_lora"], args["max_lora_rank"], args["max_num_seqs"], weights, is_adapter) == (
+        True,
+        4,
+        3,
+        tiny_model.path,
+        True,
+    )
+
+
 # ------------------------------------------------------------------------------------------ JSONL contract
 
 
