@@ -30,8 +30,10 @@ $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $@
 
+# The demo's terminal: the run log's INFO lines (config/demo.yaml), without library progress bars.
+DEMO_QUIET := HF_HUB_DISABLE_PROGRESS_BARS=1 HF_DATASETS_DISABLE_PROGRESS_BARS=1
 demo: install $(DAGSTER_HOME)/dagster.yaml
-	MLFLOW_UI_URL=http://$(HOST):$(MLFLOW_PORT) $(VENV)/bin/dagster job execute -m ft_assets.definitions -j fine_tune_pipeline
+	MLFLOW_UI_URL=http://$(HOST):$(MLFLOW_PORT) $(DEMO_QUIET) $(VENV)/bin/dagster job execute -m ft_assets.definitions -j fine_tune_pipeline -c config/demo.yaml
 	$(PY) -m ft_assets.report_demo
 
 test: install

@@ -163,6 +163,17 @@ def rerun_request(
     )
 
 
+def recorded_versions(instance: dg.DagsterInstance) -> dict[str, str]:
+    """The newest data version recorded for each dataset asset, by this sensor or by a run's observation."""
+    versions = {}
+    for slot in DATASETS:
+        records = instance.fetch_observations(slot.asset_key, limit=1).records
+        observation = records[0].asset_observation if records else None
+        if observation is not None and DATA_VERSION_TAG in observation.tags:
+            versions[slot.asset] = observation.tags[DATA_VERSION_TAG]
+    return versions
+
+
 def _observation(slot: DatasetSlot, version: str, settings: Settings) -> dg.AssetObservation:
     return dg.AssetObservation(
         asset_key=slot.asset_key,
@@ -192,6 +203,8 @@ def dataset_change_sensor(context: dg.SensorEvaluationContext, settings: Pipelin
             asset_events=[_observation(slot, current[slot.asset], resolved) for slot in DATASETS],
             skip_reason="recorded the dataset versions as the baseline",
         )
+    # a run that observed a dataset itself (its job observes the datasets first) recorded a newer baseline
+    previous = {**previous, **recorded_versions(context.instance)}
     changed = [slot for slot in DATASETS if previous.get(slot.asset) != current[slot.asset]]
     if not changed:
         return dg.SensorResult(skip_reason="no dataset changed")

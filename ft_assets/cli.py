@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ft-pipeline",
         allow_abbrev=False,
-        description="Fine-tune, run inference and evaluate, as Dagster runs of the ft-assets assets.",
+        description="Fine-tune, run inference and evaluate, as Dagster runs of the ft-assets assets. "
+        "`ft-pipeline init --train FILE --test FILE` starts a config for your own data.",
     )
     parser.add_argument("--config", help="TOML config (default: $FT_ASSETS_CONFIG or config/pipeline.toml)")
     for flag, what, var in (
@@ -168,6 +169,11 @@ def summary(results: dict[str, Any]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ft-pipeline``; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["init"]:
+        from ft_assets.init_config import main as init_main
+
+        return init_main(argv[1:])
     args = build_parser().parse_args(argv)
     # Beta notices about Dagster's own decorators say nothing to someone running the pipeline.
     warnings.filterwarnings("ignore", category=dg.BetaWarning)

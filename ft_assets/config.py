@@ -25,7 +25,9 @@ from pydantic import (
     model_validator,
 )
 
+from ft_assets.cache import default_model_cache_dir
 from ft_assets.config_env import KeyPath, expand_env, refuse_env_refs
+from ft_assets.dataset_columns import INHERITED_COLUMN_KEYS, inherit_unset_keys
 from ft_assets.errors import FtAssetsError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -87,7 +89,8 @@ class FineTunerConfig(DatasetColumns):
 
     base_model_id: str = EMBEDDED_SMOLLM2
     training_data_id: str = "data/demo/train.jsonl"
-    validation_data_id: str | None = "data/demo/validation.jsonl"
+    #: None: no validation set, unless ``validation_split`` carves one out of the training data.
+    validation_data_id: str | None = None
     dataset_revision: str | None = None
     dataset_split: str = "train"
     #: The split a hub ``validation_data_id`` is read from (local files have one split).
@@ -215,7 +218,8 @@ class EvaluatorConfig(_Section):
     """``[evaluator]``: metrics, thresholds for the asset checks, and model promotion."""
 
     metrics: list[str] = Field(default_factory=lambda: ["bleu_score", "rouge_score", "exact_match"])
-    primary_metric: str = "rouge_score"
+    #: Default: the first of ``metrics``.
+    primary_metric: str = ""
     thresholds: dict[str, float] = Field(default_factory=dict)
     blocking_checks: bool = False
     embedding_model: str = "all-MiniLM-L6-v2"
@@ -243,6 +247,8 @@ class EvaluatorConfig(_Section):
 
     @model_validator(mode="after")
     def _thresholds_and_primary(self) -> EvaluatorConfig:
+        if not self.primary_metric:
+            self.primary_metric = self.metrics[0]
         for name in [self.primary_metric, *self.thresholds]:
             if name not in self.metrics:
                 raise ValueError(f"{name!r} is not one of the configured metrics {self.metrics}")
@@ -272,7 +278,8 @@ class PipelineConfig(_Section):
     stop_after_finetuning: bool = False
     stop_after_inference: bool = False
     artifacts_root: str = "artifacts"
-    #: Converted/cached base models; unset: ``<artifacts_root>/base_model``. Share it across projects.
+    #: Converted/built embedded base models; unset: the user-level cache shared by all projects
+    #: (:func:`ft_assets.cache.default_model_cache_dir`).
     model_cache_dir: str | None = None
     #: Checkpoints of other training jobs untouched this long are removed when training starts (unset: kept).
     checkpoint_retention_days: float | None = Field(14.0, gt=0)
@@ -304,7 +311,12 @@ class Settings(_Section):
     @property
     def model_cache_dir(self) -> Path:
         configured = self.pipeline.model_cache_dir
-        return self.resolve_path(configured) if configured else self.artifacts_root / "base_model"
+        return self.resolve_path(configured) if configured else default_model_cache_dir()
+
+    @model_validator(mode="after")
+    def _inference_inherits_training_columns(self) -> Settings:
+        inherit_unset_keys(self.fine_tuner, self.inferencer, INHERITED_COLUMN_KEYS)
+        return self
 
     def flat_params(self) -> dict[str, str]:
         """The resolved config as prefixed MLflow params (``finetuner_rank``, ``mlflow_experiment_name``...)."""
@@ -424,7 +436,7 @@ def _config_file(path: str | os.PathLike[str] | None) -> Path:
     return file
 
 
-def _config_base_dir(file: Path) -> Path:
+def config_base_dir(file: Path) -> Path:
     """Where the relative paths of config ``file`` point from: its project for a file in a ``config/``
     folder, otherwise the file's own folder."""
     return file.parent.parent if file.parent.name == "config" else file.parent
@@ -456,7 +468,7 @@ def relocated_config(
     ``model_cache_dir`` when given. ``overrides`` are then deep-merged over the result, so they win.
     """
     file = _config_file(source)
-    base_dir = _config_base_dir(file)
+    base_dir = config_base_dir(file)
     data = read_toml(file)
     for section, key in DATASET_KEYS:
         value = data.get(section, {}).get(key)
@@ -490,4 +502,4 @@ def load_settings(
     if overrides:
         refuse_env_refs(overrides)
         data = deep_merge(data, overrides)
-    return build_settings(data, source=str(file), base_dir=_config_base_dir(file))
+    return build_settings(data, source=str(file), base_dir=config_base_dir(file))

@@ -8,24 +8,32 @@ import dagster as dg
 PHASE_GROUPS = {"finetuning": "models", "inference": "inference", "evaluation": "evaluation"}
 PHASES = tuple(PHASE_GROUPS)
 
+
+def observing_datasets(selection: dg.AssetSelection) -> dg.AssetSelection:
+    """``selection`` plus the dataset assets upstream of it: a run observes them (content hash) before its
+    first step, so every materialization records the version of the data it read, and an unchanged
+    dataset never makes an asset look stale."""
+    return selection | selection.upstream_source_assets()
+
+
 fine_tune_pipeline = dg.define_asset_job(
     "fine_tune_pipeline",
-    selection=dg.AssetSelection.all(),
+    selection=observing_datasets(dg.AssetSelection.all()),
     description="Base model -> fine-tuned model -> inference (fine-tuned and base) -> evaluation report.",
 )
 finetuning_job = dg.define_asset_job(
     "finetuning_job",
-    selection=dg.AssetSelection.groups(PHASE_GROUPS["finetuning"]),
+    selection=observing_datasets(dg.AssetSelection.groups(PHASE_GROUPS["finetuning"])),
     description="Resolve the base model and fine-tune it.",
 )
 inference_job = dg.define_asset_job(
     "inference_job",
-    selection=dg.AssetSelection.groups(PHASE_GROUPS["inference"]),
+    selection=observing_datasets(dg.AssetSelection.groups(PHASE_GROUPS["inference"])),
     description="Batched inference on the test split with the latest fine-tuned model and the base model.",
 )
 evaluation_job = dg.define_asset_job(
     "evaluation_job",
-    selection=dg.AssetSelection.groups(PHASE_GROUPS["evaluation"]),
+    selection=observing_datasets(dg.AssetSelection.groups(PHASE_GROUPS["evaluation"])),
     description="Score the latest inference results and write the evaluation report.",
 )
 

@@ -35,7 +35,7 @@ from ft_assets.assets.common import PREFLIGHT_TAG
 from ft_assets.config import PROJECT_ROOT, Settings
 from ft_assets.definitions import defs
 from ft_assets.errors import FtAssetsError
-from ft_assets.jobs import PHASE_GROUPS, PHASES, fine_tune_pipeline
+from ft_assets.jobs import PHASE_GROUPS, PHASES, fine_tune_pipeline, observing_datasets
 from ft_assets.phase_plan import plan_phases
 from ft_assets.preflight import PreflightReport, preflight
 from ft_assets.resources.settings import PipelineSettings, default_config_path
@@ -242,7 +242,11 @@ class FineTunePipeline:
             result = defs.resolve_job_def(fine_tune_pipeline.name).execute_in_process(
                 run_config=run_config,
                 instance=self.instance,
-                asset_selection=selection,
+                asset_selection=sorted(
+                    observing_datasets(dg.AssetSelection.assets(*selection)).resolve(
+                        defs.resolve_asset_graph()
+                    )
+                ),
                 raise_on_error=False,
                 # the assets skip the preflight done here
                 tags={PHASES_TAG: ",".join(phases), PREFLIGHT_TAG: ",".join(phases)},

@@ -57,6 +57,7 @@ from ft_assets.phases.models import (
     configured_chat_template,
     load_chat_template,
 )
+from ft_assets.phases.system_prompt import preflight_warnings as system_prompt_warnings
 from ft_assets.phases.training_recipe import recipe_warnings
 from ft_assets.secrets import hf_token, strip_credentials
 from ft_assets.tracking import TrackingOptions, TrackingUnavailableError, check_reachable
@@ -139,6 +140,8 @@ def preflight(
         _check_training_config(settings, env, report)
     if "inference" in selected:
         _check_inference_config(settings, report)
+        trains, trained = "finetuning" in selected, Path(adapter) if adapter is not None else None
+        report.warnings += system_prompt_warnings(settings, trains=trains, adapter=trained)
     needs_base = "finetuning" in selected or ("inference" in selected and settings.inferencer.run_baseline)
     if needs_base or adapter is not None:
         report.base_model_dir = _check_base_model(settings, env, report)

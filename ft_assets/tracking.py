@@ -84,6 +84,12 @@ TAG_VERSION = "ft_assets.version"
 TAG_GIT_COMMIT = "git_commit"
 TAG_ERROR = "error_message"
 TRACEBACK_ARTIFACT = "error/traceback.txt"
+#: The parent run's artifact holding the run's resolved config (defaults filled in, secrets removed).
+RESOLVED_CONFIG_ARTIFACT = "config/resolved_config.toml"
+#: The experiment tag the MLflow 3 UI reads for an experiment's kind; this value ("Machine learning")
+#: opens it on its training runs instead of the GenAI view a new experiment gets.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_EXPERIMENT_KIND = "custom_model_development"
 
 _log = logging.getLogger(__name__)
 
@@ -450,13 +456,30 @@ def _artifact_location(uri: str, experiment_name: str) -> str | None:
     return (database.parent / "mlartifacts" / folder).as_uri()
 
 
+def resolved_config_toml(settings: Settings) -> str:
+    """The settings a run resolved to, as TOML that loads back: no secret values, no URL credentials."""
+    import tomli_w
+
+    data = settings.model_dump(mode="json", exclude_none=True)
+    if uri := data["mlflow"].get("tracking_uri"):
+        data["mlflow"]["tracking_uri"] = strip_credentials(uri)
+    header = (
+        f"# The resolved config of this run (defaults filled in; relative paths from {settings.base_dir})\n"
+    )
+    return redact(header + tomli_w.dumps(data))
+
+
 def _experiment_id(client: MlflowClient, uri: str, name: str, source: str) -> str:
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
         try:
-            return client.create_experiment(name, artifact_location=_artifact_location(uri, name))
+            return client.create_experiment(
+                name,
+                artifact_location=_artifact_location(uri, name),
+                tags={EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT_KIND},
+            )
         except MlflowException:
             # Another process created it between our lookup and our create.
             experiment = client.get_experiment_by_name(name)
@@ -784,6 +807,7 @@ class _Tracker:
         try:
             _set_tags(client, parent_id, self._parent_tags())
             _log_params(client, parent_id, self.settings.flat_params(), self.log)
+            client.log_text(parent_id, resolved_config_toml(self.settings), RESOLVED_CONFIG_ARTIFACT)
             child_tags = {
                 **self._shared_tags(),
                 **self.orchestrator.child_tags,

@@ -25,10 +25,24 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CI_CONFIG = PROJECT_ROOT / "config" / "ci.toml"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The user-level cache (``$FT_ASSETS_CACHE``) of this session: tests never write into ~/.cache, and
+    subprocesses they start inherit it."""
+    from ft_assets.cache import CACHE_ENV
+
+    root = tmp_path_factory.mktemp("ft_assets_cache")
+    os.environ[CACHE_ENV] = str(root)
+    return root
+
+
 @pytest.fixture(scope="session")
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One cache of embedded base models for the whole session."""
-    return tmp_path_factory.mktemp("model_cache")
+def model_cache(user_cache: Path) -> Path:
+    """One cache of embedded base models for the whole session: the default one of configs that set no
+    ``[pipeline] model_cache_dir``, so the tiny model is built once whichever way a test names it."""
+    from ft_assets.cache import default_model_cache_dir
+
+    return default_model_cache_dir()
 
 
 @pytest.fixture(scope="session")

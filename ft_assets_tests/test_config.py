@@ -86,6 +86,21 @@ def test_cross_field_rules(tmp_path: Path) -> None:
         load_settings(write(tmp_path, '[evaluator]\nmetrics = ["rouge"]\nprimary_metric = "rouge"\n'))
 
 
+def test_defaults_that_do_not_trap_a_config_of_ones_own(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[fine_tuner]\ntraining_data_id = "train.jsonl"\n[inferencer]\ntesting_data_id = "test.jsonl"\n'
+        '[evaluator]\nmetrics = ["exact_match", "chrf_score"]\n',
+    )
+    settings = load_settings(path)
+    # no validation set unless one is configured (never the demo's, resolved against this folder)
+    assert settings.fine_tuner.validation_data_id is None
+    assert settings.evaluator.primary_metric == "exact_match"  # the first configured metric
+    assert Settings().evaluator.primary_metric == "bleu_score"  # the first default metric
+    chosen = load_settings(path, {"evaluator": {"primary_metric": "chrf_score"}})
+    assert chosen.evaluator.primary_metric == "chrf_score"
+
+
 def test_overrides_win_over_file_and_paths_resolve_against_file(tmp_path: Path) -> None:
     path = write(tmp_path, '[fine_tuner]\nrank = 8\ntraining_data_id = "train.jsonl"\n')
     settings = load_settings(path, {"fine_tuner": {"rank": 4}})

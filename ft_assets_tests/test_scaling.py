@@ -115,6 +115,15 @@ def test_subprocess_launcher_matches_in_process(write_config: Any, tmp_path: Pat
             step == "fine_tuned_model" and message.startswith("trained 2 steps on 1 x cpu: train loss")
             for step, message in logs
         )
+        # progress lines reach the run log from a subprocess as from the step's own process
+        assert any(
+            step == "fine_tuned_model" and message.startswith("training step 2/2: loss")
+            for step, message in logs
+        )
+        assert any(
+            step == "inference_results" and message.startswith("inference: 60/60 rows")
+            for step, message in logs
+        )
 
     for asset in GPU_ASSETS:
         mine, theirs = local.output_for_node(asset), external.output_for_node(asset)

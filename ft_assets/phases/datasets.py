@@ -581,6 +581,22 @@ def load_dataset(
     )
 
 
+def detect_columns(source: str, columns: DatasetColumns, *, base_dir: Path) -> tuple[str | None, list[str]]:
+    """A local dataset's format as :func:`load_dataset` detects it (None: undetectable with ``columns``),
+    and the keys found in its rows."""
+    location = _locate(source, base_dir)
+    if isinstance(location, str):
+        raise DatasetError(f"{source}: a hub dataset; name a local file (its columns are read from it)")
+    rows = _read_local(location)
+    if not rows or not isinstance(rows[0][1], Mapping):
+        raise DatasetError(f"{location}: the dataset is empty or its first row is not an object")
+    keys = list(dict.fromkeys(key for _, row in rows if isinstance(row, Mapping) for key in row))
+    try:
+        return _detect_format(rows[0][1], columns, str(location)), keys
+    except DatasetError:
+        return None, keys
+
+
 def split_validation(
     examples: list[Example], fraction: float, seed: int
 ) -> tuple[list[Example], list[Example]]:

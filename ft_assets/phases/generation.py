@@ -43,6 +43,7 @@ from ft_assets.phases.models import (
     load_tokenizer,
     model_content_hash,
 )
+from ft_assets.phases.progress import InferenceProgress
 
 logger = logging.getLogger(__name__)
 
@@ -266,9 +267,16 @@ def finish(
 
 
 def generate_rows(
-    model: Any, tokenizer: Any, examples: Sequence[Example], config: InferencerConfig
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    config: InferencerConfig,
+    progress: InferenceProgress | None = None,
 ) -> list[dict[str, Any]]:
-    """One output row per example, in input order (see the module docstring for the row schema)."""
+    """One output row per example, in input order (see the module docstring for the row schema).
+
+    ``progress`` (default: lines in this module's logger) hears of every generated batch.
+    """
     import torch
 
     encoded = encode_prompts(tokenizer, examples)
@@ -281,9 +289,10 @@ def generate_rows(
     rows: list[dict[str, Any]] = [{}] * len(examples)
     batches = list(_length_batches([len(ids) for ids in encoded], config.batch_size))
     torch.manual_seed(config.seed)
-    started = time.perf_counter()
+    progress = progress or InferenceProgress(len(examples), logger.info)
+    progress.start(len(batches), config.batch_size)
     with torch.inference_mode():
-        for number, batch in enumerate(batches, 1):
+        for batch in batches:
             inputs = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, return_tensors="pt")
             inputs = inputs.to(model.device)
             output = model.generate(**inputs, **kwargs)
@@ -291,14 +300,7 @@ def generate_rows(
             for i, tokens in zip(batch, new_tokens, strict=True):
                 response, reason, count = finish(tokens, eos_ids, config.stop_strings, decode)
                 rows[i] = output_row(examples[i], response, len(encoded[i]), count, reason)
-            logger.info(
-                "batch %d/%d: %d rows, %d prompt tokens, %.1f s elapsed",
-                number,
-                len(batches),
-                len(batch),
-                inputs["input_ids"].shape[1],
-                time.perf_counter() - started,
-            )
+            progress.advance(len(batch))
     return rows
 
 
@@ -316,10 +318,12 @@ def generate(
     output_path: Path,
     *,
     chat_template: ChatTemplate | None = None,
+    progress: InferenceProgress | None = None,
 ) -> GenerationResult:
     """Generate a response for every row of ``dataset`` and publish the JSONL atomically at ``output_path``.
 
-    ``chat_template``: see :func:`load_for_inference` (HF backend and vLLM alike).
+    ``chat_template``: see :func:`load_for_inference` (HF backend and vLLM alike). ``progress``: see
+    :func:`generate_rows` (the vLLM backend generates all rows in one call and reports none).
     """
     device = detect_device(config.device)
     if config.backend == "vllm":
@@ -330,7 +334,7 @@ def generate(
     else:
         model, tokenizer = load_for_inference(model_dir, device, chat_template=chat_template)
         started = time.perf_counter()
-        rows = generate_rows(model, tokenizer, dataset.examples, config)
+        rows = generate_rows(model, tokenizer, dataset.examples, config, progress)
     duration = time.perf_counter() - started
     write_jsonl(rows, output_path)
     reasons = {reason: sum(1 for r in rows if r["finish_reason"] == reason) for reason in FINISH_REASONS}

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ft_assets.cache import exclusive
 from ft_assets.config import EMBEDDED_SMOLLM2, EMBEDDED_TINY, Settings, load_settings
 from ft_assets.errors import FtAssetsError
 from ft_assets.phases.io import atomic_directory, sha256_tree, write_json
@@ -209,8 +210,13 @@ def build_tiny_model(target: Path, seed: int = 0) -> None:
 
 
 def _cached(target: Path, build: Any) -> Path:
-    if not (target / "config.json").is_file():
-        build(target)
+    """``target``, built by ``build`` on first use. The cache is shared by every project and process of the
+    user: one builder at a time (the others wait, then find it built), and ``build`` publishes atomically."""
+    if (target / "config.json").is_file():
+        return target
+    with exclusive(target.parent / f".{target.name}.lock"):
+        if not (target / "config.json").is_file():
+            build(target)
     return target
 
 

@@ -35,6 +35,8 @@ from typing import Any
 from ft_assets.config import Settings, build_settings
 from ft_assets.config_env import settings_as_data
 from ft_assets.phases.models import ResolvedModel
+from ft_assets.phases.progress import InferenceProgress, training_progress
+from ft_assets.phases.system_prompt import SystemPrompt, inference_columns
 from ft_assets.processes import exit_when_orchestrator_gone
 from ft_assets.secrets import hf_token
 from ft_assets.tracking import LogSink, PhaseRun
@@ -173,6 +175,7 @@ def _finetune(request: PhaseRequest, settings: Settings, run: PhaseRun, log: Log
         checkpoint_root=checkpoint_root(settings),
         on_log=lambda logs, step: run.log_metrics(logs, step=step),
         hub_token=token,
+        callbacks=[training_progress(log.info)],
     )
     run.log_metrics({f"final_{k}": v for k, v in result.metrics.items()})
     processes = world_size()
@@ -209,6 +212,7 @@ def _finetune(request: PhaseRequest, settings: Settings, run: PhaseRun, log: Log
         "mlflow_model_uri": model_uri,
         "base_quantization": result.base_quantization,
         "evaluation_base": result.evaluation_base,
+        "system_prompt": SystemPrompt.of(settings.fine_tuner).to_json(),
     }
     metadata = {
         "output_path": _meta(str(output_dir), "path"),
@@ -219,7 +223,10 @@ def _finetune(request: PhaseRequest, settings: Settings, run: PhaseRun, log: Log
         "seen_tokens": _meta(int(m["seen_tokens"]), "int"),
         "evaluation_base": _meta(result.evaluation_base, "text"),
         "tokens_per_s": _meta(m["tokens_per_s"], "float"),
+        "trainable_params": _meta(int(m["trainable_params"]), "int"),
+        "total_params": _meta(int(m["total_params"]), "int"),
         "trainable_share": _meta(m["trainable_share"], "float"),
+        "system_prompt": _meta(SystemPrompt.of(settings.fine_tuner).describe(), "text"),
         "duration_s": _meta(m["duration_s"], "float"),
         "device": _meta(f"{result.device.device} ({result.device.dtype})", "text"),
         "processes": _meta(processes, "int"),
@@ -248,10 +255,16 @@ def _infer(request: PhaseRequest, settings: Settings, run: PhaseRun, log: LogSin
     if request.model_dir is None or request.model_hash is None:
         raise ValueError(f"phase request ({request.phase}) names no model directory or model hash")
     output = Path(request.output)
-    dataset = load_test_data(settings.inferencer, settings.base_dir, hf_token())
+    config, prompt_warning = inference_columns(settings.inferencer, Path(request.model_dir))
+    if prompt_warning:
+        log.warning(prompt_warning)
+    dataset = load_test_data(config, settings.base_dir, hf_token())
     run.log_dataset("test", dataset.content_hash, dataset.resolved, "testing")
     template = configured_chat_template(settings)
-    result = generate(Path(request.model_dir), dataset, settings.inferencer, output, chat_template=template)
+    progress = InferenceProgress(len(dataset.examples), log.info, label=request.phase)
+    result = generate(
+        Path(request.model_dir), dataset, config, output, chat_template=template, progress=progress
+    )
     run.log_metrics(result.metrics)
     run.log_params(
         {"backend": result.backend, "device": result.device.device, "model_hash": request.model_hash}

@@ -44,6 +44,7 @@ from ft_assets.phases.models import (
 )
 from ft_assets.phases.packing import TrainingCollator
 from ft_assets.phases.publishing import evaluation_base, make_adapter_config_portable, save_merged
+from ft_assets.phases.system_prompt import SYSTEM_PROMPT_KEY, SystemPrompt
 from ft_assets.phases.training_recipe import (
     base_quantization,
     load_model,
@@ -392,6 +393,7 @@ def train(
         "metrics": metrics,
         "device": device.__dict__,
         "chat_template_source": config.chat_template or "tokenizer",
+        SYSTEM_PROMPT_KEY: SystemPrompt.of(config).to_json(),
         "eos_token": tokenizer.eos_token,
         "resumed_from_step": resumed_from_step,
         "dropped_rows": len(dropped),

@@ -476,9 +476,9 @@ def test_killed_inference_publishes_nothing_and_a_rerun_completes(
     seen = []
     for line in process.stderr:
         seen.append(line)
-        if "batch 1/60" in line:
+        if "inference: 1/60 rows" in line:
             break
-    assert any("batch 1/60" in line for line in seen), "".join(seen)
+    assert any("inference: 1/60 rows" in line for line in seen), "".join(seen)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
     assert not output.exists()

@@ -233,8 +233,8 @@ def test_a_killed_inference_run_publishes_no_jsonl_and_its_rerun_is_complete(
     log = root / "killed_inference.log"
     batches = 20  # one row per batch (the fixture's config)
     started = start_job(killed_training.home, config, "inference_job", log)
-    kill_when(started, lambda: f"batch 1/{batches}:" in _text(log), log)
-    assert f"batch {batches}/{batches}:" not in _text(log), "inference finished before the kill"
+    kill_when(started, lambda: f"inference: 1/{batches} rows" in _text(log), log)
+    assert f"inference: {batches}/{batches} rows" not in _text(log), "inference finished before the kill"
     assert not list(outputs.glob("*/inference_results.jsonl")), "a killed run published a JSONL"
 
     with dg.DagsterInstance.from_config(str(killed_training.home)) as instance:
