@@ -457,16 +457,21 @@ def _artifact_location(uri: str, experiment_name: str) -> str | None:
 
 
 def resolved_config_toml(settings: Settings) -> str:
-    """The settings a run resolved to, as TOML that loads back: no secret values, no URL credentials."""
+    """The settings a run resolved to, as TOML that loads back: ``${VAR}`` values as their templates and
+    no URL credentials (removed by structure, never by substring replacement, which corrupts paths)."""
     import tomli_w
 
-    data = settings.model_dump(mode="json", exclude_none=True)
-    if uri := data["mlflow"].get("tracking_uri"):
-        data["mlflow"]["tracking_uri"] = strip_credentials(uri)
+    from ft_assets.config_env import settings_as_data
+
+    def without_none(value: Any) -> Any:  # TOML has no null: an unset key is left out
+        if isinstance(value, dict):
+            return {key: without_none(item) for key, item in value.items() if item is not None}
+        return value
+
     header = (
         f"# The resolved config of this run (defaults filled in; relative paths from {settings.base_dir})\n"
     )
-    return redact(header + tomli_w.dumps(data))
+    return header + tomli_w.dumps(without_none(settings_as_data(settings)))
 
 
 def _experiment_id(client: MlflowClient, uri: str, name: str, source: str) -> str:

@@ -13,6 +13,7 @@ import shutil
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -30,6 +31,7 @@ from ft_assets.tracking import (
     EXPERIMENT_KIND_TAG,
     RESOLVED_CONFIG_ARTIFACT,
     TRAINING_EXPERIMENT_KIND,
+    resolved_config_toml,
 )
 from ft_assets_tests.helpers import pipeline_resources
 
@@ -164,6 +166,19 @@ def test_the_parent_run_holds_the_resolved_config_and_opens_in_the_training_view
     assert (
         resolved.evaluator.primary_metric == "bleu_score" and resolved.fine_tuner.validation_data_id is None
     )
+
+
+@pytest.mark.parametrize("password", ["data", "true", "fine_tuner", "0.05"])
+def test_the_resolved_config_survives_hostile_secret_values(
+    write_config: Any, monkeypatch: pytest.MonkeyPatch, password: str
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+    monkeypatch.setenv("FT_ASSETS_TEST_SECRET_SUFFIX", "extra")
+    config = write_config({"mlflow": {"run_name_suffix": "${FT_ASSETS_TEST_SECRET_SUFFIX}"}})
+    settings = load_settings(config)
+    text = resolved_config_toml(settings)
+    assert "extra" not in text and "${FT_ASSETS_TEST_SECRET_SUFFIX}" in text
+    assert build_settings(tomllib.loads(text), base_dir=settings.base_dir) == settings
 
 
 def test_fine_tuned_model_metadata_shows_the_loss_curve_and_trainable_parameters(
