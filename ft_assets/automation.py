@@ -42,7 +42,7 @@ from ft_assets.assets.data import DATASETS, DatasetSlot
 from ft_assets.config import Settings, deep_merge
 from ft_assets.errors import FtAssetsError
 from ft_assets.jobs import fine_tune_pipeline
-from ft_assets.phases.datasets import data_version
+from ft_assets.phases.dataset_files import data_version
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.secrets import redact
 

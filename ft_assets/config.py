@@ -27,7 +27,7 @@ from pydantic import (
 
 from ft_assets.cache import default_model_cache_dir
 from ft_assets.config_env import KeyPath, expand_env, refuse_env_refs
-from ft_assets.dataset_columns import INHERITED_COLUMN_KEYS, inherit_unset_keys
+from ft_assets.dataset_columns import INHERITED_COLUMN_KEYS, inherit_unset_keys, inherited_templates
 from ft_assets.errors import FtAssetsError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -400,7 +400,7 @@ def build_settings(
         raise ConfigError(_format_validation_error(error, source)) from None
     if base_dir is not None:
         settings.base_dir = base_dir
-    settings._env_templates = templates
+    settings._env_templates = inherited_templates(expanded, templates)
     return settings
 
 

@@ -8,7 +8,8 @@ default": ``[inferencer] system_prompt_override_text`` left out inherits, set ex
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -26,3 +27,15 @@ def inherit_unset_keys(source: BaseModel, target: BaseModel, keys: Iterable[str]
     for key in keys:
         if key not in target.model_fields_set and key in source.model_fields_set:
             setattr(target, key, getattr(source, key))
+
+
+def inherited_templates(data: Mapping[str, Any], templates: Mapping[tuple, str]) -> dict[tuple, str]:
+    """``templates`` (key path -> the ``${VAR}`` text it was expanded from) plus the paths of the
+    ``[inferencer]`` keys that inherit an expanded ``[fine_tuner]`` value: an inherited secret stays a secret."""
+    explicit = data.get("inferencer") or {}
+    inherited = {
+        ("inferencer", key): templates[("fine_tuner", key)]
+        for key in INHERITED_COLUMN_KEYS
+        if ("fine_tuner", key) in templates and key not in explicit
+    }
+    return {**templates, **inherited}

@@ -19,7 +19,7 @@ from ft_assets.automation import (
     snapshot_dataset,
 )
 from ft_assets.definitions import defs
-from ft_assets.phases.datasets import DatasetError, data_version
+from ft_assets.phases.dataset_files import DatasetError, data_version
 from ft_assets.resources.settings import PipelineSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

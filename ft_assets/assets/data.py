@@ -11,7 +11,7 @@ from typing import Literal
 import dagster as dg
 
 from ft_assets.config import FineTunerConfig, InferencerConfig, Settings
-from ft_assets.phases.datasets import data_version
+from ft_assets.phases.dataset_files import data_version
 from ft_assets.resources.settings import PipelineSettings
 
 NO_DATASET_VERSION = "none"

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from ft_assets.automation import DATA_VERSION_TAG_PREFIX
-from ft_assets.phases.datasets import data_version
+from ft_assets.phases.dataset_files import data_version
 from ft_assets_tests.e2e.conftest import LOCATION, PROJECT_ROOT, SENSOR_INTERVAL_S, DagsterDev
 from ft_assets_tests.mlflow_server import MlflowServer
 

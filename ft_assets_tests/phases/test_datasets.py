@@ -14,15 +14,14 @@ import pytest
 
 from ft_assets.config import DatasetColumns
 from ft_assets.phases import datasets as ds
+from ft_assets.phases.dataset_files import data_version
 from ft_assets.phases.datasets import (
     BadRow,
     DatasetError,
     Example,
     check_bad_rows,
-    data_version,
     load_dataset,
     split_validation,
-    to_trl_records,
 )
 
 QA_ROWS = [
@@ -193,7 +192,6 @@ def test_text_format(tmp_path: Path) -> None:
     example = loaded.examples[0]
     assert loaded.format == "text"
     assert (example.text, example.messages, example.ground_truth) == ("Once upon a time", (), None)
-    assert to_trl_records(loaded.examples) == [{"text": "Once upon a time"}]
 
 
 def test_explicit_format_overrides_detection(tmp_path: Path) -> None:
@@ -438,28 +436,6 @@ def test_split_validation_is_deterministic_and_disjoint() -> None:
     assert len(split_validation(make_examples(3), 0.01, seed=3)[1]) == 1
     with pytest.raises(DatasetError, match="leaves no examples for training"):
         split_validation(make_examples(1), 0.5, seed=3)
-
-
-def test_to_trl_records_shapes(tmp_path: Path) -> None:
-    rows = [
-        {
-            "messages": [
-                {"role": "system", "content": "S"},
-                {"role": "user", "content": "U"},
-                {"role": "assistant", "content": "A"},
-            ]
-        },
-        {"messages": [{"role": "user", "content": "U2"}]},
-    ]
-    loaded = load(tmp_path, write_jsonl(tmp_path / "chat.jsonl", rows).name)
-    assert to_trl_records(loaded.examples[:1]) == [
-        {
-            "prompt": [{"role": "system", "content": "S"}, {"role": "user", "content": "U"}],
-            "completion": [{"role": "assistant", "content": "A"}],
-        }
-    ]
-    with pytest.raises(DatasetError, match=r"row 2 \(id 'row-2'\): the conversation ends on a user turn"):
-        to_trl_records(loaded.examples)
 
 
 # ------------------------------------------------------------------------------------------ CLI

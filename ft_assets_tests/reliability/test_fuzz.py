@@ -24,7 +24,7 @@ from ft_assets import secrets
 from ft_assets.config import ConfigError, DatasetColumns, Settings, build_settings, load_settings
 from ft_assets.config_env import settings_as_data
 from ft_assets.errors import FtAssetsError
-from ft_assets.phases.datasets import DatasetError, load_dataset, to_trl_records
+from ft_assets.phases.datasets import DatasetError, load_dataset
 from ft_assets.phases.metrics import MetricScores
 from ft_assets.phases.reports import write_report
 from ft_assets.secrets import redact
@@ -184,8 +184,6 @@ def check_dataset(lines: list[str], columns: DatasetColumns, labelled: bool) -> 
             _utf8(turn["content"])
         if labelled and item.text is None:
             assert item.ground_truth is not None
-    if labelled:
-        assert len(to_trl_records(loaded.examples)) == len(loaded.examples)
 
 
 # ------------------------------------------------------- hostile text through the report and the config
@@ -316,6 +314,8 @@ config_texts = st.dictionaries(
 @REPORT_FUZZ
 @given(fine_tuner=config_texts, run_name=hostile_text)
 @example(fine_tuner={"hub_model_id": "org/${SOME_DB_PASSWORD}"}, run_name="fuzz")
+# found by this test: [inferencer] inherits the expanded system prompt, which must stay a secret there too
+@example(fine_tuner={"system_prompt_override_text": "${SOME_DB_PASSWORD}"}, run_name="")
 @example(fine_tuner={"system_prompt_override_text": "\ud800"}, run_name="=1+1")
 def test_the_config_loader_takes_hostile_text_and_never_logs_an_expanded_secret(
     fine_tuner: dict[str, str], run_name: str
