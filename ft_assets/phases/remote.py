@@ -155,7 +155,8 @@ def execute(request: PhaseRequest, run: PhaseRun, log: LogSink = _log) -> PhaseO
 
 
 def _finetune(request: PhaseRequest, settings: Settings, run: PhaseRun, log: LogSink) -> PhaseOutcome:
-    from ft_assets.phases.training import checkpoint_root, load_training_data, train
+    from ft_assets.phases.checkpoints import checkpoint_root
+    from ft_assets.phases.training import load_training_data, train
 
     base = request.resolved_base_model()
     output_dir = Path(request.output)

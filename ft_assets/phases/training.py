@@ -7,7 +7,6 @@ Framework-free: ``train()`` takes the resolved settings, base model and datasets
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import math
@@ -20,7 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from ft_assets.config import FineTunerConfig, Settings, load_settings
-from ft_assets.phases.checkpoint_lock import CheckpointLock
+from ft_assets.phases.checkpoints import (
+    CheckpointLock,
+    checkpoint_root,
+    checkpoint_step,
+    last_checkpoint,
+    prune_stale_checkpoints,
+    training_fingerprint,
+)
 from ft_assets.phases.datasets import (
     BadRow,
     Example,
@@ -56,18 +62,6 @@ from ft_assets.secrets import hf_token, redact_value
 
 logger = logging.getLogger(__name__)
 LogCallback = Callable[[Mapping[str, float], int], None]
-#: Config keys that do not change what is trained, so a change of them keeps resumable checkpoints.
-_NON_TRAINING_KEYS = {
-    "logging_steps",
-    "save_steps",
-    "save_total_limit",
-    "push_to_hub",
-    "hub_model_id",
-    "hub_private",
-    "merge_adapter",
-    "on_bad_rows",
-    "device",
-}
 MERGED_SUBDIR = "merged"
 
 
@@ -91,85 +85,6 @@ class TrainingResult:
     def evaluation_base(self) -> str:
         """Which base the adapter is evaluated and merged on, in words."""
         return evaluation_base(self.base_quantization)
-
-
-def training_fingerprint(
-    config: FineTunerConfig,
-    base: ResolvedModel,
-    data_versions: Mapping[str, str],
-    chat_template: tuple[str | None, str | None] | None = None,
-) -> str:
-    """Identity of a training job: same fingerprint -> its checkpoints can be resumed.
-
-    Everything that changes what is trained counts by content: the config values, the base model's and the
-    data's content hashes, and the resolved ``chat_template`` (its text and end-of-turn token), not the
-    ``chat_template`` key's file name: an edited template file must not resume the old template's checkpoints.
-    """
-    relevant = {k: v for k, v in config.model_dump(mode="json").items() if k not in _NON_TRAINING_KEYS}
-    if config.chat_template is not None:
-        relevant["chat_template"] = list(chat_template) if chat_template is not None else None
-    payload = json.dumps(
-        {"config": relevant, "base": base.content_hash, "data": dict(data_versions)}, sort_keys=True
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def _checkpoint_step(path: Path) -> int | None:
-    """The step of a complete checkpoint directory, None for a partial one.
-
-    The trainer writes ``trainer_state.json`` last, and a crash can cut that write short, so the state
-    must parse and name the directory's own step.
-    """
-    suffix = path.name.removeprefix("checkpoint-")
-    if not suffix.isdigit():
-        return None
-    try:
-        state = json.loads((path / "trainer_state.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return int(suffix) if state.get("global_step") == int(suffix) else None
-
-
-def last_checkpoint(checkpoint_dir: Path) -> Path | None:
-    """The newest complete ``checkpoint-N`` under ``checkpoint_dir`` (None when there is none)."""
-    steps = {path: _checkpoint_step(path) for path in checkpoint_dir.glob("checkpoint-*")}
-    complete = {path: step for path, step in steps.items() if step is not None}
-    return max(complete, key=complete.__getitem__, default=None)
-
-
-def _newest_change(folder: Path) -> float:
-    """The newest modification time of ``folder`` and of anything in it."""
-    times = [folder.stat().st_mtime]
-    for parent, _, files in os.walk(folder):
-        times.append(Path(parent).stat().st_mtime)
-        times.extend((Path(parent) / name).stat().st_mtime for name in files)
-    return max(times)
-
-
-def prune_stale_checkpoints(
-    checkpoint_root: Path, *, keep: str, max_age_days: float, now: float | None = None
-) -> list[Path]:
-    """Remove the checkpoint folders of other training jobs (fingerprints) untouched for ``max_age_days``.
-
-    A job's checkpoints are removed when it publishes; these are left by runs that failed or were killed
-    and never resumed because their config or data changed since. A job still training writes a checkpoint
-    every ``save_steps``, so its folder is never that old. Returns the removed folders.
-    """
-    if not checkpoint_root.is_dir():
-        return []
-    cutoff = (time.time() if now is None else now) - max_age_days * 86400
-    removed = []
-    for folder in sorted(checkpoint_root.iterdir()):
-        if folder.name == keep or not folder.is_dir():
-            continue
-        try:
-            stale = _newest_change(folder) < cutoff
-        except FileNotFoundError:  # removed meanwhile, by its own job publishing
-            continue
-        if stale:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed.append(folder)
-    return removed
 
 
 def _drop_overlong(
@@ -362,7 +277,7 @@ def train(
             logger.info(f"removed checkpoints untouched for {retention_days:g} days: {stale}")
     resume = last_checkpoint(checkpoint_dir)
     # read now: checkpoint rotation during training may delete this directory
-    resumed_from_step = _checkpoint_step(resume) if resume else None
+    resumed_from_step = checkpoint_step(resume) if resume else None
 
     relay = _log_relay(on_log)
     trainer = build_trainer(
@@ -465,11 +380,6 @@ def _push_to_hub(output_dir: Path, config: FineTunerConfig, token: str | None) -
     repo = api.create_repo(config.hub_model_id, private=config.hub_private, exist_ok=True)
     api.upload_folder(repo_id=config.hub_model_id, folder_path=str(output_dir))
     return str(repo)
-
-
-def checkpoint_root(settings: Settings) -> Path:
-    """Where training keeps its checkpoints, one folder per training fingerprint."""
-    return settings.artifacts_root / "fine_tuned_model" / "checkpoints"
 
 
 def load_training_data(

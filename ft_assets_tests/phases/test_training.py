@@ -21,6 +21,12 @@ import pytest
 from transformers import TrainerCallback
 
 from ft_assets.config import DatasetColumns, InferencerConfig, Settings, load_settings
+from ft_assets.phases.checkpoints import (
+    checkpoint_root,
+    last_checkpoint,
+    prune_stale_checkpoints,
+    training_fingerprint,
+)
 from ft_assets.phases.datasets import DatasetError, LoadedDataset, load_dataset
 from ft_assets.phases.generation import generate_rows, load_for_inference
 from ft_assets.phases.io import sha256_file
@@ -37,13 +43,9 @@ from ft_assets.phases.models import (
 from ft_assets.phases.training import (
     TrainingResult,
     build_trainer,
-    checkpoint_root,
-    last_checkpoint,
     load_training_data,
     prepare_examples,
-    prune_stale_checkpoints,
     train,
-    training_fingerprint,
 )
 from ft_assets_tests.conftest import CI_CONFIG, PROJECT_ROOT
 

@@ -20,13 +20,13 @@ import pytest
 
 from ft_assets.automation import snapshot_dataset
 from ft_assets.config import load_settings
-from ft_assets.phases.checkpoint_lock import lock_path
+from ft_assets.phases.checkpoints import checkpoint_root, lock_path, training_fingerprint
 from ft_assets.phases.datasets import DatasetError, load_dataset
 from ft_assets.phases.io import atomic_directory, atomic_file, write_json
 from ft_assets.phases.metrics import MetricScores
 from ft_assets.phases.models import ResolvedModel, configured_chat_template
 from ft_assets.phases.reports import write_report
-from ft_assets.phases.training import checkpoint_root, load_training_data, training_fingerprint
+from ft_assets.phases.training import load_training_data
 from ft_assets.preflight import preflight
 from ft_assets.tracking_keys import sanitize_metrics
 from ft_assets_tests.reliability.support import PROJECT_ROOT

@@ -29,8 +29,8 @@ from ft_assets.assets.data import evaluation_dataset
 from ft_assets.assets.evaluation import evaluation_report
 from ft_assets.config import load_settings
 from ft_assets.definitions import defs
+from ft_assets.phases.checkpoints import last_checkpoint
 from ft_assets.phases.models import ResolvedModel
-from ft_assets.phases.training import last_checkpoint
 from ft_assets.preflight import preflight
 from ft_assets.recovery import ORCHESTRATOR_TAG, ProcessIdentity
 from ft_assets_tests.helpers import pipeline_resources

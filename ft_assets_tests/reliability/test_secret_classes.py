@@ -18,9 +18,10 @@ from mlflow import MlflowClient
 from ft_assets import secrets
 from ft_assets.cli import build_parser, resolve_keys
 from ft_assets.config import ConfigError, Settings, load_settings
+from ft_assets.phases.checkpoints import checkpoint_root
 from ft_assets.phases.models import MODEL_INFO_FILE, ResolvedModel
 from ft_assets.phases.remote import PhaseRequest
-from ft_assets.phases.training import checkpoint_root, load_training_data, train
+from ft_assets.phases.training import load_training_data, train
 from ft_assets.preflight import preflight
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import DAGSTER_TAG_TRACKING_URI, _tag_dagster_run
