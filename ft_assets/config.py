@@ -193,6 +193,13 @@ class EvaluatorConfig(_Section):
     primary_metric: str = "rouge_score"
     thresholds: dict[str, float] = Field(default_factory=dict)
     blocking_checks: bool = False
+    #: Release gates (see README "Release gates"): share of rows that must score, the not-worse margin,
+    #: and the seeded paired bootstrap behind every confidence interval.
+    min_scored_share: float = Field(1.0, ge=0.0, le=1.0)
+    not_worse_margin: float = Field(0.02, ge=0.0)
+    confidence_level: float = Field(0.95, gt=0.0, lt=1.0)
+    bootstrap_resamples: int = Field(2000, ge=100, le=1_000_000)
+    bootstrap_seed: int = Field(0, ge=0)
     embedding_model: str = "all-MiniLM-L6-v2"
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     register_model: bool = False
