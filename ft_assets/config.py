@@ -48,6 +48,7 @@ KNOWN_METRICS = OFFLINE_METRICS + JUDGE_METRICS
 
 DatasetFormat = Literal["auto", "qa", "messages", "sharegpt", "alpaca", "prompt_completion", "text"]
 Device = Literal["auto", "cpu", "cuda"]
+BleuTokenize = Literal["auto", "13a", "intl", "zh", "ja-mecab", "char", "none"]
 
 
 class ConfigError(FtAssetsError, ValueError):
@@ -184,6 +185,8 @@ class JudgeConfig(_Section):
     max_retries: int = Field(2, ge=0)
     input_price_per_million_tokens: float = Field(0.15, ge=0)
     output_price_per_million_tokens: float = Field(0.60, ge=0)
+    #: Judge each row this many times; the row's score is the mean, its spread is reported.
+    samples: int = Field(1, ge=1, le=100)
 
 
 class EvaluatorConfig(_Section):
@@ -205,6 +208,13 @@ class EvaluatorConfig(_Section):
     register_model: bool = False
     registered_model_name: str = "ft-assets-model"
     registry_alias: str = "champion"
+    #: sacrebleu tokenizer for BLEU; ``auto`` decides per split from the references' scripts.
+    bleu_tokenize: BleuTokenize = "auto"
+    #: Porter stemming of ASCII words in ROUGE-L; ``auto``: on when the references look English.
+    rouge_stemmer: Literal["auto"] | bool = "auto"
+    exact_match_normalization: Literal["strip", "squad"] = "strip"
+    #: Test prompts also in the training/validation data: reported by preflight as a warning or an error.
+    leakage: Literal["warn", "error", "off"] = "warn"
 
     @field_validator("metrics")
     @classmethod
