@@ -19,6 +19,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ft_assets.errors import FtAssetsError
+from ft_assets.sweeps.section import SweepConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "pipeline.toml"
@@ -271,6 +272,8 @@ class Settings(_Section):
     evaluator: EvaluatorConfig = Field(default_factory=EvaluatorConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    #: Several candidates of this config side by side (:mod:`ft_assets.sweeps`); an empty grid is no sweep.
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     #: Directory that relative paths in the config are resolved against (the config file's project).
     base_dir: Path = Field(default=PROJECT_ROOT, exclude=True)
