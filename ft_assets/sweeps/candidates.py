@@ -141,13 +141,13 @@ def expand(settings: Settings) -> list[Candidate]:
     ]
 
 
-def candidate_settings(settings: Settings, candidate: Candidate, *, source: str = "[sweep]") -> Settings:
+def candidate_settings(settings: Settings, candidate: Candidate, *, source: str = "<config>") -> Settings:
     """``settings`` with the candidate's values laid over it and no sweep of its own, validated as a whole:
     a :class:`ConfigError` names ``[sweep]``, the candidate and what is wrong."""
     base = settings.model_dump(mode="json", exclude={"sweep"})
     return build_settings(
         deep_merge(base, candidate.overrides),
-        source=f"{source} candidate {candidate.name} ({_shown(candidate)})",
+        source=f"{source}: [sweep] candidate {candidate.name} ({_shown(candidate)})",
         base_dir=settings.base_dir,
     )
 
@@ -161,11 +161,13 @@ def settings_fingerprint(settings: Settings) -> str:
     return _digest(settings.model_dump(mode="json", exclude={"sweep"}), 16)
 
 
-def plan_sweep(settings: Settings, *, source: str = "[sweep]") -> SweepPlan:
+def plan_sweep(settings: Settings, *, source: str = "<config>") -> SweepPlan:
     """Expand ``settings.sweep`` and build every candidate's settings, so any invalid candidate fails here,
     before anything runs. A config without a ``[sweep.grid]`` is a :class:`ConfigError`."""
     if not settings.sweep.enabled:
-        raise ConfigError(f"{source}: there is no sweep: add a [sweep.grid] table, e.g. rank = [8, 16]")
+        raise ConfigError(
+            f"{source}: [sweep] there is no sweep: add a [sweep.grid] table, e.g. rank = [8, 16]"
+        )
     candidates = expand(settings)
     built = {c.name: candidate_settings(settings, c, source=source) for c in candidates}
     sweep_id = _digest(

@@ -79,7 +79,7 @@ def test_a_candidate_invalid_as_a_whole_fails_the_plan_naming_it() -> None:
         plan_sweep(settings, source="sweep.toml")
     text = str(error.value)
     assert text.startswith(
-        "sweep.toml candidate mfull-li41 (method = 'full', load_in_4bit = True): [fine_tuner]"
+        "sweep.toml: [sweep] candidate mfull-li41 (method = 'full', load_in_4bit = True): [fine_tuner]"
     )
     assert "quantized weights cannot be fully fine-tuned" in text
 
