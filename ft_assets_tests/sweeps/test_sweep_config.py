@@ -171,3 +171,11 @@ def test_candidate_settings_keep_the_base_dir_and_validate() -> None:
     candidate = expand(settings)[0]
     built = candidate_settings(settings, candidate)
     assert built.base_dir == settings.base_dir and built.fine_tuner.rank == 8
+
+
+def test_the_demo_sweep_config_plans_four_smollm2_candidates() -> None:
+    plan = plan_sweep(load_settings("config/sweep.toml"), source="config/sweep.toml")
+    assert plan.names == ["lr2e-4-r8", "lr2e-4-r16", "lr1e-3-r8", "lr1e-3-r16"]
+    for settings in plan.settings.values():
+        assert settings.fine_tuner.base_model_id == "embedded:smollm2-135m-instruct"
+        assert settings.resolve_path(settings.fine_tuner.training_data_id).is_file()
