@@ -11,7 +11,8 @@ which is what MLflow's compare view and parallel-coordinates plot read.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,24 @@ ROLE_SWEEP = "sweep"
 ROLE_CANDIDATE = "candidate"
 
 
-def _sweep_run(client: Any, experiment_id: str, plan: SweepPlan, log: LogSink) -> str:
+@contextmanager
+def _optional(options: TrackingOptions, what: str, log: LogSink) -> Iterator[None]:
+    """Errors in the block propagate, unless ``[mlflow] required = false`` (then a warning)."""
+    try:
+        yield
+    except Exception as error:
+        if options.required:
+            raise
+        log.warning(f"MLflow: {what} is not tracked (required = false): {redact(str(error))}")
+
+
+def _sweep_run(options: TrackingOptions, plan: SweepPlan, log: LogSink) -> tuple[Any, str, str]:
+    """A client of the store, the experiment id and the sweep's run id (found, or created)."""
+    check_reachable(options.tracking_uri, options.source("tracking_uri"))
+    client = _client(options.tracking_uri)
+    experiment_id = _experiment_id(
+        client, options.tracking_uri, options.experiment_name, options.source("experiment_name")
+    )
     run = find_or_create_parent(
         client,
         experiment_id,
@@ -48,17 +66,13 @@ def _sweep_run(client: Any, experiment_id: str, plan: SweepPlan, log: LogSink) -
         role=ROLE_SWEEP,
     )
     keys = sorted({key for candidate in plan.candidates for key in candidate.params})
-    _log_params(
-        client,
-        run.info.run_id,
-        {
-            "sweep_candidates": len(plan.candidates),
-            "sweep_keys": ",".join(keys),
-            "sweep_names": ",".join(plan.names),
-        },
-        log,
-    )
-    return str(run.info.run_id)
+    params = {
+        "sweep_candidates": len(plan.candidates),
+        "sweep_keys": ",".join(keys),
+        "sweep_names": ",".join(plan.names),
+    }
+    _log_params(client, run.info.run_id, params, log)
+    return client, experiment_id, str(run.info.run_id)
 
 
 def candidate_run(
@@ -66,32 +80,26 @@ def candidate_run(
 ) -> str | None:
     """The MLflow run id of ``candidate`` (created, under the sweep's run, when missing). ``None`` when the
     store cannot be reached and ``[mlflow] required = false``: the phases then run untracked."""
-    try:
-        check_reachable(options.tracking_uri, options.source("tracking_uri"))
-        client = _client(options.tracking_uri)
-        experiment_id = _experiment_id(
-            client, options.tracking_uri, options.experiment_name, options.source("experiment_name")
-        )
-        sweep_id = _sweep_run(client, experiment_id, plan, log)
+    with _optional(options, f"sweep candidate {candidate.name}", log):
+        client, experiment_id, sweep_run_id = _sweep_run(options, plan, log)
+        tags = {
+            "mlflow.parentRunId": sweep_run_id,
+            TAG_SWEEP_ID: plan.sweep_id,
+            TAG_CANDIDATE: candidate.name,
+        }
         run = find_or_create_parent(
             client,
             experiment_id,
             f"{plan.sweep_id}/{candidate.name}",
             candidate.name,
-            {"mlflow.parentRunId": sweep_id, TAG_SWEEP_ID: plan.sweep_id, TAG_CANDIDATE: candidate.name},
+            tags,
             key_tag=TAG_SWEEP_CANDIDATE,
             role=ROLE_CANDIDATE,
         )
         params = {f"sweep.{key}": value for key, value in candidate.params.items()}
         _log_params(client, run.info.run_id, {"candidate": candidate.name, **params}, log)
         return str(run.info.run_id)
-    except Exception as error:
-        if options.required:
-            raise
-        log.warning(
-            f"MLflow tracking is off for sweep candidate {candidate.name} (required = false): {redact(str(error))}"
-        )
-        return None
+    return None
 
 
 def record_leaderboard(
@@ -100,13 +108,8 @@ def record_leaderboard(
     """Log the leaderboard on the sweep run (files as artifacts, the winner as a tag, the winner's primary
     mean as ``winner_<metric>``) and mark it FINISHED; returns the sweep run's id (``None`` when
     untracked, as in :func:`candidate_run`)."""
-    try:
-        check_reachable(options.tracking_uri, options.source("tracking_uri"))
-        client = _client(options.tracking_uri)
-        experiment_id = _experiment_id(
-            client, options.tracking_uri, options.experiment_name, options.source("experiment_name")
-        )
-        run_id = _sweep_run(client, experiment_id, plan, log)
+    with _optional(options, "the sweep leaderboard", log):
+        client, _experiment, run_id = _sweep_run(options, plan, log)
         for path in files:
             client.log_artifact(run_id, str(path))
         winner = next((row for row in board["candidates"] if row["candidate"] == board["winner"]), None)
@@ -115,11 +118,7 @@ def record_leaderboard(
             _log_metrics(client, run_id, {f"winner_{board['primary_metric']}": winner["mean"]}, None)
         client.set_terminated(run_id, "FINISHED")
         return run_id
-    except Exception as error:
-        if options.required:
-            raise
-        log.warning(f"MLflow: the sweep leaderboard is not tracked (required = false): {redact(str(error))}")
-        return None
+    return None
 
 
 def log_candidate_metrics(
@@ -132,11 +131,5 @@ def log_candidate_metrics(
         "train_tokens": cost["trained_tokens"],
         "train_seconds": cost["train_seconds"],
     }
-    try:
+    with _optional(options, f"the training cost of run {run_id}", log):
         _log_metrics(_client(options.tracking_uri), run_id, values, None)
-    except Exception as error:
-        if options.required:
-            raise
-        log.warning(
-            f"MLflow: could not log the cost of run {run_id} (required = false): {redact(str(error))}"
-        )

@@ -11,10 +11,8 @@ import contextlib
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,12 +25,12 @@ from mlflow import MlflowClient
 from ft_assets import cli
 from ft_assets.config import relocated_config
 from ft_assets_tests.reliability.support import dagster_home, demo_rows
+from ft_assets_tests.reliability.test_faults import kill_when
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CANDIDATES = ["ms1", "ms2", "ms3"]
 SWEEP_ASSETS = ("sweep_fine_tuned_model", "sweep_inference_results", "sweep_evaluation_report")
 EXPERIMENT = "fine-tune-pipeline-ci"
-KILL_DEADLINE_S = 400
 
 
 @dataclass
@@ -57,8 +55,6 @@ def _evaluated(instance: dg.DagsterInstance) -> list[str]:
 
 def _kill_after_first_candidate(command: list[str], env: dict[str, str], home: Path, log: Path) -> list[str]:
     """Start ``command`` in its own process group; SIGKILL the group once one candidate is evaluated."""
-    instance = dg.DagsterInstance.from_config(str(home))
-    deadline = time.monotonic() + KILL_DEADLINE_S
     with log.open("wb") as output:
         process = subprocess.Popen(
             command,
@@ -68,22 +64,12 @@ def _kill_after_first_candidate(command: list[str], env: dict[str, str], home: P
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    instance = dg.DagsterInstance.from_config(str(home))
     try:
-        while not (done := _evaluated(instance)):
-            assert process.poll() is None, f"ended before the kill: {log.read_text(errors='replace')[-3000:]}"
-            assert time.monotonic() < deadline, (
-                f"no candidate done: {log.read_text(errors='replace')[-3000:]}"
-            )
-            time.sleep(0.2)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=60)
+        kill_when(process, lambda: bool(_evaluated(instance)), log)
+        return _evaluated(instance)
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=60)
         instance.dispose()
-    assert process.returncode == -signal.SIGKILL
-    return done
 
 
 def _launch(config: Path, home: Path) -> dict[str, Any]:
