@@ -94,14 +94,17 @@ class CandidateRun:
 
 
 def candidate_run(
-    context: dg.AssetExecutionContext, settings: PipelineSettings, mlflow: MlflowTracking
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    mlflow: MlflowTracking,
+    name: str | None = None,
 ) -> CandidateRun:
-    """The candidate this partition is, with its settings validated, its MLflow run found or created and
-    the run's phases preflighted (once per run)."""
+    """The candidate this partition is (or ``name``), with its settings validated, its MLflow run found or
+    created and the run's phases preflighted (once per run)."""
     from ft_assets.sweeps.tracking import candidate_run as mlflow_candidate_run
 
     plan = plan_sweep(settings.load(), source=settings.config_path)
-    candidate = plan.candidate(context.partition_key)
+    candidate = plan.candidate(name or context.partition_key)
     overrides = deep_merge(settings.overrides(), candidate.overrides)
     candidate_settings = PipelineSettings(config_path=settings.config_path, **overrides)
     resolved = candidate_settings.load()
@@ -251,6 +254,8 @@ def _candidate_record(
             "train_seconds": metrics["duration_s"],
         },
         "model": {key: model.get(key) for key in ("path", "merged_path", "fingerprint", "mlflow_model_uri")},
+        # what promotion of this candidate is given, as promoted_model would get them
+        "values": {"fine_tuned_model": model, "evaluation_report": report},
         "evaluation": {
             "json_path": report["json_path"],
             "xlsx_path": report["xlsx_path"],
@@ -319,8 +324,9 @@ def sweep_leaderboard(
     sweep_run_id = record_leaderboard(
         mlflow.options(resolved), plan, board, (json_path, xlsx_path), context.log
     )
+    winner_record = str(done[board["winner"]]) if board["winner"] else None
     value = {**board, "sweep_id": plan.sweep_id, "json_path": str(json_path), "xlsx_path": str(xlsx_path),
-             "mlflow_sweep_run_id": sweep_run_id}  # fmt: skip
+             "mlflow_sweep_run_id": sweep_run_id, "winner_record": winner_record}  # fmt: skip
     context.log.info(f"sweep {plan.name}: winner {board['winner']} ({board['rule']})")
     return dg.Output(
         value,
@@ -336,7 +342,41 @@ def sweep_leaderboard(
     )
 
 
-SWEEP_ASSETS = [sweep_fine_tuned_model, sweep_inference_results, sweep_evaluation_report, sweep_leaderboard]
+@dg.asset(
+    group_name=SWEEP_GROUP, kinds={"mlflow"}, code_version=PHASE_CODE_VERSION, owners=["team:ml-platform"]
+)
+def sweep_promoted_model(
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    mlflow: MlflowTracking,
+    sweep_leaderboard: dict[str, Any],
+) -> dg.Output[dict[str, Any]]:
+    """``promoted_model`` for the sweep's winner: its model registered (``[evaluator] register_model``) after
+    the same lineage check and release gates, with the promotion run nested under the winner's MLflow run."""
+    winner = sweep_leaderboard["winner"]
+    if winner is None:
+        return dg.Output({"registered": False}, metadata={"skipped": "the sweep has no winner"})
+    run = candidate_run(context, settings, mlflow, name=winner)
+    values = json.loads(Path(sweep_leaderboard["winner_record"]).read_text(encoding="utf-8"))["values"]
+    promote = _compute(evaluation.promoted_model)
+    return run.output(
+        promote(
+            context,
+            settings=run.settings,
+            mlflow=run.mlflow,
+            fine_tuned_model=values["fine_tuned_model"],
+            evaluation_report=values["evaluation_report"],
+        )
+    )
+
+
+SWEEP_ASSETS = [
+    sweep_fine_tuned_model,
+    sweep_inference_results,
+    sweep_evaluation_report,
+    sweep_leaderboard,
+    sweep_promoted_model,
+]
 sweep_candidate_job = dg.define_asset_job(
     "sweep_candidate_job",
     selection=dg.AssetSelection.assets(
@@ -348,7 +388,7 @@ sweep_candidate_job = dg.define_asset_job(
 )
 sweep_leaderboard_job = dg.define_asset_job(
     "sweep_leaderboard_job",
-    selection=dg.AssetSelection.assets(sweep_leaderboard),
-    description="Rank the configured sweep's candidates and choose the winner.",
+    selection=dg.AssetSelection.assets(sweep_leaderboard, sweep_promoted_model),
+    description="Rank the configured sweep's candidates, choose the winner and promote it.",
 )
 SWEEP_JOBS = [sweep_candidate_job, sweep_leaderboard_job]

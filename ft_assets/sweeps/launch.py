@@ -9,7 +9,8 @@
    partition, in this process, one after another: the GPU steps would queue on the ``gpu`` pool anyway).
    A failed candidate does not stop the others; the sweep then fails naming it, and the next launch runs
    only the candidates still missing;
-5. materialize ``sweep_leaderboard``.
+5. materialize ``sweep_leaderboard`` and ``sweep_promoted_model`` (the winner, registered when
+   ``[evaluator] register_model = true`` and its gates pass).
 
 From the UI the same sweep is a backfill of the ``sweep`` group over the ``sweep_candidates`` partitions
 (the daemon of ``make ui`` runs it), after step 2 and with the base assets materialized.
@@ -136,6 +137,7 @@ class SweepRunner:
             "base_run": base_run,
             "leaderboard_run": board.run_id,
             "leaderboard": board.output_for_node("sweep_leaderboard"),
+            "promotion": board.output_for_node("sweep_promoted_model"),
         }
 
 
@@ -157,4 +159,11 @@ def sweep_summary(results: dict[str, Any]) -> list[str]:
     ]
     if board.get("mlflow_sweep_run_id"):
         lines.append(f"MLflow sweep run {board['mlflow_sweep_run_id']}")
+    promotion = results["promotion"]
+    if promotion.get("registered"):
+        lines.append(
+            f"promoted {board['winner']}: {promotion['name']} version {promotion['version']} ({promotion['alias']})"
+        )
+    elif promotion.get("failed_gates"):
+        lines.append(f"not promoted: gates failed: {', '.join(promotion['failed_gates'])}")
     return lines

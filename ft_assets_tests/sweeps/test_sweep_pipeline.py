@@ -88,7 +88,8 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, model_cache: Path, tiny_mode
     overrides = {
         "sweep": {"name": "steps", "grid": {"max_steps": [1, 2, 3]}},
         "inferencer": {"testing_data_id": str(demo_rows(root / "test.jsonl", 0, 12)), "max_new_tokens": 4},
-        "mlflow": {"log_system_metrics": False, "log_model": False},
+        "mlflow": {"log_system_metrics": False},
+        "evaluator": {"register_model": True, "registered_model_name": "sweep-winner"},
     }
     config = relocated_config(
         PROJECT_ROOT / "config" / "ci.toml",
@@ -171,7 +172,13 @@ def test_mlflow_tree_is_sweep_then_candidates_then_phases(sweep: Sweep) -> None:
         assert "eval_rouge_score" in run.data.metrics and run.data.metrics["train_steps"] == int(steps)
         phases = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == run.info.run_id]
         finished = {r.info.run_name for r in phases if r.info.status == "FINISHED"}
-        assert finished == {f"{name}_finetuning", f"{name}_inference", f"{name}_evaluation"}, name
+        assert {f"{name}_finetuning", f"{name}_inference", f"{name}_evaluation"} <= finished, name
+        assert finished <= {
+            f"{name}_finetuning",
+            f"{name}_inference",
+            f"{name}_evaluation",
+            f"{name}_promotion",
+        }
 
 
 def test_leaderboard_agrees_with_each_candidates_report_and_states_its_winner_rule(sweep: Sweep) -> None:
@@ -196,3 +203,23 @@ def test_leaderboard_agrees_with_each_candidates_report_and_states_its_winner_ru
     assert Path(board["winner_model"]["path"], "adapter_config.json").is_file()
     assert "cheapest eligible candidate tied with the leader" in board["rule"]
     assert Path(board["xlsx_path"]).is_file() and Path(board["json_path"]).is_file()
+
+
+def test_the_winner_is_promoted_through_promoted_models_gates(sweep: Sweep) -> None:
+    board, promotion = sweep.again["leaderboard"], sweep.again["promotion"]
+    assert promotion["registered"] is True and promotion["name"] == "sweep-winner"
+    client = MlflowClient(sweep.tracking_uri)
+    version = client.get_model_version_by_alias("sweep-winner", promotion["alias"])
+    assert str(version.version) == promotion["version"]
+    assert version.run_id == _finetuning_run(sweep, board["winner"])
+    # the promotion run is one of the winner's phase runs
+    winner = next(r for r in _runs(sweep.tracking_uri) if r.info.run_name == board["winner"])
+    promotions = [r for r in _runs(sweep.tracking_uri) if r.info.run_name == f"{board['winner']}_promotion"]
+    assert promotions and {r.data.tags["mlflow.parentRunId"] for r in promotions} == {winner.info.run_id}
+
+
+def _finetuning_run(sweep: Sweep, candidate: str) -> str:
+    runs = [r for r in _runs(sweep.tracking_uri) if r.info.run_name == f"{candidate}_finetuning"]
+    finished = [r.info.run_id for r in runs if r.info.status == "FINISHED"]
+    assert len(finished) == 1
+    return finished[0]
