@@ -71,8 +71,15 @@ class SweepRunner:
 
     def preflight(self) -> None:
         """Preflight the base config and every candidate (all phases); raise naming the candidate at fault."""
+        from ft_assets.phase_plan import plan_phases
         from ft_assets.preflight import preflight
 
+        _, skipped = plan_phases(self.pipeline.settings.pipeline)
+        if skipped:
+            reasons = "; ".join(f"{phase}: {reason}" for phase, reason in skipped.items())
+            raise PipelineError(
+                f"a sweep runs every phase of every candidate, but the config skips some ({reasons})"
+            )
         env = {**os.environ, **self.pipeline._secrets}
         for name, settings in self.plan.settings.items():
             try:

@@ -66,3 +66,15 @@ def test_a_candidate_whose_dataset_is_missing_fails_preflight_naming_it(
     assert "sweep candidate tdino-such-train.jsonl: preflight:" in err and str(missing) in err
     assert "training_data_id" in err
     assert nothing_ran(tmp_path / "home")
+
+
+def test_a_sweep_refuses_to_skip_a_phase(
+    write_config: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config({"sweep": {"grid": {"rank": [4, 8]}}})
+    status = cli.main(
+        ["--sweep", "--skip-evaluation", "--config", str(config), "--dagster-home", str(tmp_path / "home")]
+    )
+    err = capsys.readouterr().err
+    assert status == 1 and "a sweep runs every phase of every candidate" in err and "evaluation:" in err
+    assert nothing_ran(tmp_path / "home")
