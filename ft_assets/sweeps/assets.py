@@ -80,6 +80,13 @@ class CandidateRun:
     def fingerprint(self) -> str:
         return settings_fingerprint(self.resolved)
 
+    def compute(
+        self, context: dg.AssetExecutionContext, asset: dg.AssetsDefinition, **inputs: Any
+    ) -> dg.Output[Any]:
+        """The pipeline ``asset``'s own compute function run for this candidate (its settings, and its MLflow
+        run as the phases' parent), given the asset's other ``inputs``."""
+        return _compute(asset)(context, settings=self.settings, mlflow=self.mlflow, **inputs)
+
     def output(self, phase_output: dg.Output[Any], **extra: Any) -> dg.Output[Any]:
         """The phase's output, with the candidate, its values and the config fingerprint in the metadata."""
         metadata = {
@@ -159,10 +166,7 @@ def sweep_fine_tuned_model(
     """``fine_tuned_model`` for one sweep candidate: the shared base model trained with the candidate's
     ``[fine_tuner]`` values (checkpoints, resume and MLflow logging as in the pipeline)."""
     run = candidate_run(context, settings, mlflow)
-    fine_tune = _compute(models.fine_tuned_model)
-    return run.output(
-        fine_tune(context, settings=run.settings, mlflow=run.mlflow, launcher=launcher, base_model=base_model)
-    )
+    return run.output(run.compute(context, models.fine_tuned_model, launcher=launcher, base_model=base_model))
 
 
 @dg.asset(**_SWEEP_ASSET, **_GPU_STEP, deps=[evaluation_dataset])
@@ -176,16 +180,8 @@ def sweep_inference_results(
     """``inference_results`` for one sweep candidate: its model's answers on the test split, with the
     candidate's ``[inferencer]`` values."""
     run = candidate_run(context, settings, mlflow)
-    infer = _compute(inference.inference_results)
-    return run.output(
-        infer(
-            context,
-            settings=run.settings,
-            mlflow=run.mlflow,
-            launcher=launcher,
-            fine_tuned_model=sweep_fine_tuned_model,
-        )
-    )
+    model = {"launcher": launcher, "fine_tuned_model": sweep_fine_tuned_model}
+    return run.output(run.compute(context, inference.inference_results, **model))
 
 
 @dg.asset(**_SWEEP_ASSET, kinds={"mlflow", "excel", "json"}, deps=[evaluation_dataset])
@@ -201,14 +197,8 @@ def sweep_evaluation_report(
     candidate's record for the leaderboard (its primary metric per row, paired delta vs base, training
     cost and model)."""
     run = candidate_run(context, settings, mlflow)
-    evaluate = _compute(evaluation.evaluation_report)
-    report = evaluate(
-        context,
-        settings=run.settings,
-        mlflow=run.mlflow,
-        inference_results=sweep_inference_results,
-        base_inference_results=base_inference_results,
-    )
+    inputs = {"inference_results": sweep_inference_results, "base_inference_results": base_inference_results}
+    report = run.compute(context, evaluation.evaluation_report, **inputs)
     record = _candidate_record(run, sweep_fine_tuned_model, sweep_inference_results, report.value)
     path = write_json(
         run_output_dir(run.resolved, f"sweep_candidates/{run.candidate.name}", context) / CANDIDATE_RECORD,
@@ -358,16 +348,7 @@ def sweep_promoted_model(
         return dg.Output({"registered": False}, metadata={"skipped": "the sweep has no winner"})
     run = candidate_run(context, settings, mlflow, name=winner)
     values = json.loads(Path(sweep_leaderboard["winner_record"]).read_text(encoding="utf-8"))["values"]
-    promote = _compute(evaluation.promoted_model)
-    return run.output(
-        promote(
-            context,
-            settings=run.settings,
-            mlflow=run.mlflow,
-            fine_tuned_model=values["fine_tuned_model"],
-            evaluation_report=values["evaluation_report"],
-        )
-    )
+    return run.output(run.compute(context, evaluation.promoted_model, **values))
 
 
 SWEEP_ASSETS = [
