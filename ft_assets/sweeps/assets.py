@@ -116,7 +116,7 @@ def candidate_run(
     candidate_settings = PipelineSettings(config_path=settings.config_path, **overrides)
     resolved = candidate_settings.load()
     run_id = mlflow_candidate_run(mlflow.options(resolved), plan, candidate, context.log)
-    fields = {name: getattr(mlflow, name) for name in MlflowTracking.model_fields}
+    fields = {field: getattr(mlflow, field) for field in MlflowTracking.model_fields}
     tracking = MlflowTracking(**{**fields, "parent_run_id": run_id or mlflow.parent_run_id})
     _preflight(context, resolved, tracking)
     return CandidateRun(plan, candidate, candidate_settings, resolved, tracking, run_id)
