@@ -66,6 +66,14 @@ mlflow-ui: install
 e2e: install
 	$(if $(FT_ASSETS_SCREENSHOT),FT_ASSETS_SCREENSHOT=$(FT_ASSETS_SCREENSHOT)) $(VENV)/bin/pytest -q -ra -m e2e ft_assets_tests/e2e
 
+# A sweep: every candidate of the config's [sweep] (config/sweep.toml: four SmolLM2 candidates) not done yet,
+# then the leaderboard. `make sweep SWEEP_CONFIG=path/to.toml` runs another config's sweep; DAGSTER_HOME and
+# MLFLOW_TRACKING_URI are taken from the environment when set.
+.PHONY: sweep
+SWEEP_CONFIG ?= config/sweep.toml
+sweep: install $(DAGSTER_HOME)/dagster.yaml
+	MLFLOW_UI_URL=http://$(HOST):$(MLFLOW_PORT) $(VENV)/bin/ft-pipeline --sweep --config $(SWEEP_CONFIG)
+
 clean:
 	rm -rf artifacts .dagster_home mlflow.db mlartifacts
 

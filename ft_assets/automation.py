@@ -41,7 +41,7 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG
 from ft_assets.assets.data import DATASETS, DatasetSlot
 from ft_assets.config import Settings, deep_merge
 from ft_assets.errors import FtAssetsError
-from ft_assets.jobs import fine_tune_pipeline
+from ft_assets.jobs import PIPELINE_ASSETS, fine_tune_pipeline
 from ft_assets.phases.dataset_files import data_version
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.secrets import redact
@@ -71,7 +71,8 @@ def rerun_selection(
     is_materialized: Callable[[dg.AssetKey], bool],
 ) -> set[dg.AssetKey]:
     """Assets downstream of the ``changed`` datasets, plus never-materialized upstream assets they need."""
-    selected = set(dg.AssetSelection.assets(*changed).downstream(include_self=False).resolve(asset_graph))
+    downstream = dg.AssetSelection.assets(*changed).downstream(include_self=False) & PIPELINE_ASSETS
+    selected = set(downstream.resolve(asset_graph))
     pending = list(selected)
     while pending:
         for parent in asset_graph.get(pending.pop()).parent_keys:

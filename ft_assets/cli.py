@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dagster-home", help="Dagster instance folder (default: $DAGSTER_HOME or .dagster_home)"
     )
     parser.add_argument("--json", action="store_true", help="print the full result as JSON")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="run (or resume) the config's [sweep]: every candidate not done yet, then the leaderboard",
+    )
     return parser
 
 
@@ -190,7 +195,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             dagster_home=args.dagster_home,
         )
         try:
-            results = pipeline.run_pipeline()
+            if args.sweep:
+                from ft_assets.sweeps.launch import run_sweep, sweep_summary
+
+                results = run_sweep(pipeline)
+            else:
+                results = pipeline.run_pipeline()
         finally:
             pipeline.close()
     except KeyboardInterrupt:
@@ -203,7 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         print(json.dumps(results, indent=2, default=str))
     else:
-        print("\n".join(summary(results)))
+        print("\n".join(sweep_summary(results) if args.sweep else summary(results)))
     return 0
 
 

@@ -29,6 +29,7 @@ from ft_assets.cache import default_model_cache_dir
 from ft_assets.config_env import KeyPath, expand_env, refuse_env_refs
 from ft_assets.dataset_columns import INHERITED_COLUMN_KEYS, inherit_unset_keys, inherited_templates
 from ft_assets.errors import FtAssetsError
+from ft_assets.sweeps.section import SweepConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "config" / "pipeline.toml"
@@ -222,6 +223,13 @@ class EvaluatorConfig(_Section):
     primary_metric: str = ""
     thresholds: dict[str, float] = Field(default_factory=dict)
     blocking_checks: bool = False
+    #: Release gates (see README "Release gates"): share of rows that must score, the not-worse margin,
+    #: and the seeded paired bootstrap behind every confidence interval.
+    min_scored_share: float = Field(1.0, ge=0.0, le=1.0)
+    not_worse_margin: float = Field(0.02, ge=0.0)
+    confidence_level: float = Field(0.95, gt=0.0, lt=1.0)
+    bootstrap_resamples: int = Field(2000, ge=100, le=1_000_000)
+    bootstrap_seed: int = Field(0, ge=0)
     embedding_model: str = "all-MiniLM-L6-v2"
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     register_model: bool = False
@@ -293,6 +301,8 @@ class Settings(_Section):
     evaluator: EvaluatorConfig = Field(default_factory=EvaluatorConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    #: Several candidates of this config side by side (:mod:`ft_assets.sweeps`); an empty grid is no sweep.
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     #: Directory that relative paths in the config are resolved against (the config file's project).
     base_dir: Path = Field(default=PROJECT_ROOT, exclude=True)

@@ -11,14 +11,15 @@ from ft_assets.recovery import orphaned_run_sensor
 from ft_assets.resources.launcher import ComputeLauncher
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import MlflowTracking, mlflow_run_failure_sensor
+from ft_assets.sweeps.assets import SWEEP_ASSETS, SWEEP_JOBS
 
 # Steps run one after another in the run's own process: the GPU steps are serialized by the `gpu` pool
 # anyway, and a process per step would import torch and transformers again for each (~10 s on a CPU).
 # The `launcher` resource moves the heavy phases into subprocesses or pods when wanted.
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([data, models, inference, evaluation]),
+    assets=[*dg.load_assets_from_modules([data, models, inference, evaluation]), *SWEEP_ASSETS],
     asset_checks=dg.load_asset_checks_from_modules([checks]),
-    jobs=ALL_JOBS,
+    jobs=[*ALL_JOBS, *SWEEP_JOBS],
     sensors=[dataset_change_sensor, mlflow_run_failure_sensor, orphaned_run_sensor],
     resources={"settings": PipelineSettings(), "mlflow": MlflowTracking(), "launcher": ComputeLauncher()},
     executor=dg.in_process_executor,

@@ -7,6 +7,10 @@ import dagster as dg
 #: Asset group of each pipeline phase, in pipeline order (the groups set on the assets).
 PHASE_GROUPS = {"finetuning": "models", "inference": "inference", "evaluation": "evaluation"}
 PHASES = tuple(PHASE_GROUPS)
+#: Asset group of the sweep copies of the phase assets (:mod:`ft_assets.sweeps.assets`), partitioned by
+#: candidate: not part of the pipeline's jobs.
+SWEEP_GROUP = "sweep"
+PIPELINE_ASSETS = dg.AssetSelection.all() - dg.AssetSelection.groups(SWEEP_GROUP)
 
 
 def observing_datasets(selection: dg.AssetSelection) -> dg.AssetSelection:
@@ -18,7 +22,7 @@ def observing_datasets(selection: dg.AssetSelection) -> dg.AssetSelection:
 
 fine_tune_pipeline = dg.define_asset_job(
     "fine_tune_pipeline",
-    selection=observing_datasets(dg.AssetSelection.all()),
+    selection=observing_datasets(PIPELINE_ASSETS),
     description="Base model -> fine-tuned model -> inference (fine-tuned and base) -> evaluation report.",
 )
 finetuning_job = dg.define_asset_job(

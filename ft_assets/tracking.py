@@ -498,36 +498,50 @@ def _experiment_id(client: MlflowClient, uri: str, name: str, source: str) -> st
     return experiment.experiment_id
 
 
-def _parent_candidates(client: MlflowClient, experiment_id: str, orchestrator_run_id: str) -> list[Run]:
+def _parent_candidates(
+    client: MlflowClient,
+    experiment_id: str,
+    key: str,
+    key_tag: str = TAG_DAGSTER_RUN_ID,
+    role: str = "parent",
+) -> list[Run]:
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.{TAG_DAGSTER_RUN_ID} = '{orchestrator_run_id}' and tags.`{TAG_ROLE}` = 'parent'",
+        filter_string=f"tags.`{key_tag}` = '{key}' and tags.`{TAG_ROLE}` = '{role}'",
         max_results=100,
     )
     return sorted(runs, key=lambda run: (run.info.start_time, run.info.run_id))
 
 
 def find_or_create_parent(
-    client: MlflowClient, experiment_id: str, orchestrator_run_id: str, run_name: str, tags: Mapping[str, str]
+    client: MlflowClient,
+    experiment_id: str,
+    orchestrator_run_id: str,
+    run_name: str,
+    tags: Mapping[str, str],
+    *,
+    key_tag: str = TAG_DAGSTER_RUN_ID,
+    role: str = "parent",
 ) -> Run:
     """The one parent run of an orchestrator run, safe when several processes ask at once.
 
     Every process keeps the earliest ``(start_time, run_id)`` candidate; one that created a later
     duplicate deletes it. Creators (and finders of a parent younger than :data:`PARENT_SETTLE_S`) wait
-    that long and look again, so a candidate committed concurrently is seen by everyone.
+    that long and look again, so a candidate committed concurrently is seen by everyone. ``key_tag`` and
+    ``role`` find other shared runs the same way (a sweep's run, keyed by its sweep id).
     """
-    candidates = _parent_candidates(client, experiment_id, orchestrator_run_id)
+    candidates = _parent_candidates(client, experiment_id, orchestrator_run_id, key_tag, role)
     mine = None
     if not candidates:
         mine = client.create_run(
             experiment_id,
             run_name=run_name,
-            tags={**tags, TAG_DAGSTER_RUN_ID: orchestrator_run_id, TAG_ROLE: "parent"},
+            tags={**tags, key_tag: orchestrator_run_id, TAG_ROLE: role},
         )
     young = not candidates or time.time() * 1000 - candidates[0].info.start_time < PARENT_SETTLE_S * 1000
     if young:
         time.sleep(PARENT_SETTLE_S)
-        candidates = _parent_candidates(client, experiment_id, orchestrator_run_id)
+        candidates = _parent_candidates(client, experiment_id, orchestrator_run_id, key_tag, role)
     winner = candidates[0]
     if mine is not None and mine.info.run_id != winner.info.run_id:
         client.delete_run(mine.info.run_id)
@@ -664,6 +678,17 @@ class PhaseRun:
                 else:
                     text = json.dumps(clean, indent=2, ensure_ascii=False)
                 client.log_text(str(self.run_id), text, artifact_file)
+
+    def log_table(self, columns: Mapping[str, list[Any]], artifact_file: str) -> None:
+        """``columns`` (name -> values) as an MLflow table artifact (the UI's table and evaluation views
+        read it), text values redacted."""
+        if self.enabled:
+            with self._guard(f"log table {artifact_file}") as client:
+                table = {
+                    name: [redact(value) if isinstance(value, str) else value for value in values]
+                    for name, values in columns.items()
+                }
+                client.log_table(str(self.run_id), table, artifact_file)
 
     def log_dataset(self, name: str, digest: str, source: str, context: str) -> None:
         """An MLflow dataset input (``context``: training, validation, evaluation...) on child and parent,

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from ft_assets import definitions as code_location
 from ft_assets.assets.common import PREFLIGHT_TAG
+from ft_assets.jobs import PIPELINE_ASSETS
 from ft_assets.processes import ProcessIdentity
 from ft_assets.recovery import ORCHESTRATOR_TAG
 from ft_assets_tests.helpers import pipeline_resources
@@ -147,7 +148,7 @@ multiprocess_defs = dg.Definitions.merge(
         jobs=[
             dg.define_asset_job(
                 "fine_tune_pipeline_multiprocess",
-                selection=dg.AssetSelection.all(),
+                selection=PIPELINE_ASSETS,
                 executor_def=dg.multiprocess_executor,
             )
         ]

@@ -1,4 +1,8 @@
-"""Asset checks that gate a release: metric thresholds, not-worse-than-base, inference completeness."""
+"""Asset checks that gate a release: metric thresholds, not-worse-than-base, inference completeness.
+
+With ``[evaluator] blocking_checks = true`` each failure has ERROR severity and stops the assets
+downstream in the same run; promotion re-applies the same gates (:func:`release_gates`) in any case.
+"""
 
 from typing import Any
 
@@ -6,7 +10,7 @@ import dagster as dg
 
 from ft_assets.assets.evaluation import evaluation_report
 from ft_assets.assets.inference import inference_results
-from ft_assets.phases.gates import GateResult, completeness_gate, not_worse_gate, threshold_gate
+from ft_assets.phases.gates import GateResult, completeness_gate, release_gates
 from ft_assets.resources.settings import PipelineSettings
 
 
@@ -25,30 +29,34 @@ def _result(gate: GateResult, settings: PipelineSettings) -> dg.AssetCheckResult
 
 
 @dg.asset_check(
-    asset=evaluation_report, blocking=True, description="Every [evaluator.thresholds] metric is met."
+    asset=evaluation_report,
+    blocking=True,
+    description="Every [evaluator.thresholds] metric is met, on at least min_scored_share of the rows.",
 )
 def metric_thresholds(settings: PipelineSettings, evaluation_report: dict[str, Any]) -> dg.AssetCheckResult:
-    """Fails when any configured threshold is not met; blocks promotion when ``blocking_checks`` is set."""
-    gate = threshold_gate(evaluation_report["summary"], settings.load().evaluator.thresholds)
-    return _result(gate, settings)
+    """Fails when a threshold is not met or too many rows failed to score (their ids are listed); blocks
+    promotion when ``blocking_checks`` is set."""
+    return _result(release_gates(settings.load(), evaluation_report)["metric_thresholds"], settings)
 
 
 @dg.asset_check(
-    asset=evaluation_report, blocking=True, description="Fine-tuned is not worse than base (primary metric)."
+    asset=evaluation_report,
+    blocking=True,
+    description="The paired delta's interval (primary metric) lies above -not_worse_margin.",
 )
 def not_worse_than_base(settings: PipelineSettings, evaluation_report: dict[str, Any]) -> dg.AssetCheckResult:
-    """Fails when the fine-tuned model scores below the base model on the primary metric."""
-    gate = not_worse_gate(
-        evaluation_report["summary"], evaluation_report["base_summary"], evaluation_report["primary_metric"]
-    )
-    return _result(gate, settings)
+    """Fails when the lower end of the fine-tuned - base interval is below ``-not_worse_margin``."""
+    return _result(release_gates(settings.load(), evaluation_report)["not_worse_than_base"], settings)
 
 
 @dg.asset_check(
-    asset=inference_results, description="One row per test example; empty responses under the limit."
+    asset=inference_results,
+    blocking=True,
+    description="One row per test example; empty responses under the limit.",
 )
 def inference_complete(settings: PipelineSettings, inference_results: dict[str, Any]) -> dg.AssetCheckResult:
-    """Fails when rows are missing or too many responses are empty."""
+    """Fails when rows are missing or too many responses are empty; with ``blocking_checks`` the report
+    and promotion downstream do not run."""
     gate = completeness_gate(
         inference_results["rows"],
         inference_results["expected_rows"],

@@ -9,6 +9,7 @@ import dagster as dg
 
 from ft_assets.assets.common import PHASE_CODE_VERSION, preflight_run, run_output_dir, secret
 from ft_assets.assets.data import evaluation_dataset
+from ft_assets.phases.gates import check_lineage, release_gates
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import MlflowTracking
 
@@ -39,9 +40,18 @@ def evaluation_report(
     inference_results: dict[str, Any],
     base_inference_results: dict[str, Any] | None,
 ) -> dg.Output[dict[str, Any]]:
-    """Scores (offline ragas metrics by default, LLM judges when configured) for fine-tuned vs base, with a
-    JSON summary and an Excel workbook (Summary, Per-sample, Comparison, chart)."""
-    from ft_assets.phases.metrics import score_rows, summarize
+    """Scores (offline ragas metrics by default, LLM judges when configured) for fine-tuned vs base, with
+    bootstrap intervals for every mean and paired delta, each metric's definition and corpus-level score:
+    a JSON summary, an Excel workbook (Summary, Per-sample, Comparison, chart), MLflow metrics/params and
+    a per-sample MLflow table."""
+    from ft_assets.phases.comparison import Bootstrap
+    from ft_assets.phases.metrics import score_rows
+    from ft_assets.phases.report_mlflow import (
+        PER_SAMPLE_TABLE,
+        definition_params,
+        evaluation_metrics,
+        per_sample_table,
+    )
     from ft_assets.phases.reports import write_report
 
     resolved = settings.load()
@@ -71,11 +81,10 @@ def evaluation_report(
             primary_metric=config.primary_metric,
             provenance=provenance,
             durations_s=durations,
+            bootstrap=Bootstrap.from_config(config),
         )
-        summary = summarize(scores)
-        base_summary = summarize(baseline_scores) if baseline_scores else {}
-        eval_metrics = {f"eval_{name}": stats["mean"] for name, stats in summary.items()}
-        eval_metrics.update({f"eval_base_{name}": stats["mean"] for name, stats in base_summary.items()})
+        document = report.document
+        eval_metrics = evaluation_metrics(document)
         usage = scores.judge_usage
         eval_metrics.update(
             {
@@ -84,18 +93,27 @@ def evaluation_report(
                 "judge_cost_usd": usage.cost_usd,
             }
         )
+        run.log_params(definition_params(document))
         run.log_metrics(eval_metrics)
         run.log_parent_metrics(eval_metrics)
         run.log_artifact(report.json_path)
         run.log_artifact(report.xlsx_path)
+        run.log_table(per_sample_table(rows, scores, baseline_rows, baseline_scores), PER_SAMPLE_TABLE)
         metadata = run.dagster_metadata()
     value = {
         "json_path": str(report.json_path),
         "xlsx_path": str(report.xlsx_path),
-        "summary": summary,
-        "base_summary": base_summary,
+        "summary": document["metrics"]["fine_tuned"],
+        "base_summary": document["metrics"]["base"] or {},
+        "comparison": document["comparison"],
+        "failed_rows": document["failed_rows"]["fine_tuned"],
         "primary_metric": config.primary_metric,
         "rows": len(rows),
+        # what promotion checks: the model whose inference was scored, and that inference's completeness
+        "model_hash": inference_results["model_hash"],
+        "inference": {
+            key: inference_results.get(key) for key in ("rows", "expected_rows", "empty_responses")
+        },
     }
     return dg.Output(
         value,
@@ -120,23 +138,16 @@ def promoted_model(
     evaluation_report: dict[str, Any],
 ) -> dg.Output[dict[str, Any]]:
     """Registers the fine-tuned model in the MLflow model registry and points ``registry_alias`` at it, when
-    ``register_model = true`` and the release gates (thresholds, not worse than base) pass."""
+    ``register_model = true``, the report scored this very model's inference (else it refuses, naming both
+    fingerprints) and the release gates (thresholds, not worse than base, inference complete) pass."""
     import mlflow as mlflow_api
-
-    from ft_assets.phases.gates import not_worse_gate, threshold_gate
 
     resolved = settings.load()
     config = resolved.evaluator
     if not config.register_model:
         return dg.Output({"registered": False}, metadata={"skipped": "[evaluator] register_model = false"})
-    gates = {
-        "thresholds": threshold_gate(evaluation_report["summary"], config.thresholds),
-        "not_worse_than_base": not_worse_gate(
-            evaluation_report["summary"],
-            evaluation_report["base_summary"],
-            evaluation_report["primary_metric"],
-        ),
-    }
+    check_lineage(fine_tuned_model.get("fingerprint"), evaluation_report.get("model_hash"))
+    gates = release_gates(resolved, evaluation_report)
     failed = [name for name, gate in gates.items() if not gate.passed]
     if failed:
         context.log.warning(f"not promoting: gates failed: {', '.join(failed)}")

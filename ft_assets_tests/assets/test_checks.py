@@ -1,41 +1,16 @@
-"""Release gates, the asset checks built on them, and promotion to an MLflow registry alias."""
+"""The asset checks built on the release gates (see phases/test_gates.py), and promotion to an MLflow
+registry alias: gated, and refused for a model whose inference the report did not score."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import pytest
 from mlflow.tracking import MlflowClient
 
 from ft_assets.definitions import defs
-from ft_assets.phases.gates import completeness_gate, not_worse_gate, threshold_gate
 from ft_assets_tests.helpers import pipeline_resources
-
-SUMMARY = {"rouge_score": {"mean": 0.6}, "exact_match": {"mean": 0.2}}
-
-
-def test_threshold_gate() -> None:
-    assert threshold_gate(SUMMARY, {"rouge_score": 0.5}).passed
-    failed = threshold_gate(SUMMARY, {"rouge_score": 0.5, "exact_match": 0.3})
-    assert not failed.passed and failed.details["failing"] == ["exact_match"]
-    assert not threshold_gate({"rouge_score": {"mean": math.nan}}, {"rouge_score": 0.0}).passed
-
-
-def test_not_worse_gate() -> None:
-    assert not_worse_gate(SUMMARY, {"rouge_score": {"mean": 0.6}}, "rouge_score").passed
-    worse = not_worse_gate(SUMMARY, {"rouge_score": {"mean": 0.7}}, "rouge_score")
-    assert not worse.passed and worse.details["delta"] == pytest.approx(-0.1)
-    assert not_worse_gate(SUMMARY, None, "rouge_score").passed
-
-
-def test_completeness_gate() -> None:
-    assert completeness_gate(60, 60, 0, 0.0).passed
-    assert not completeness_gate(59, 60, 0, 0.0).passed
-    assert not completeness_gate(60, 60, 7, 0.1).passed
-    assert completeness_gate(60, 60, 6, 0.1).passed
 
 
 def _materialize(config: Path, instance: dg.DagsterInstance, selection: list[str] | None = None) -> Any:
@@ -85,3 +60,82 @@ def test_promotion_follows_the_gates(write_config: Any, tmp_path: Path) -> None:
         assert checks["metric_thresholds"] == (False, dg.AssetCheckSeverity.ERROR)
         assert not second.asset_materializations_for_node("promoted_model")
         assert str(client.get_model_version_by_alias("tiny", "champion").version) == "1"
+
+
+def _run_job(job: str, config: Path, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    return defs.resolve_job_def(job).execute_in_process(
+        instance=instance, resources=pipeline_resources(config), raise_on_error=False
+    )
+
+
+def _step_error(result: dg.ExecuteInProcessResult, step: str) -> str:
+    failures = [
+        event.step_failure_data.error
+        for event in result.all_events
+        if event.event_type == dg.DagsterEventType.STEP_FAILURE and event.step_key == step
+    ]
+    assert failures, f"step {step} did not fail"
+    error = failures[0]
+    while error.cause is not None:
+        error = error.cause
+    return error.message
+
+
+def test_promoting_a_model_whose_inference_was_not_evaluated_is_refused(
+    write_config: Any, tmp_path: Path
+) -> None:
+    promote = {"register_model": True, "registered_model_name": "tiny", "blocking_checks": True}
+    first_config = write_config({"evaluator": promote}, name="first.toml")
+    with dg.instance_for_test() as instance:
+        first = _materialize(first_config, instance)
+        assert first.success
+        evaluated_hash = first.output_for_node("inference_results")["model_hash"]
+        assert first.output_for_node("evaluation_report")["model_hash"] == evaluated_hash
+
+        # A different training config: a new model, then evaluation_job without inference_job.
+        retrained = write_config(
+            {"evaluator": promote, "fine_tuner": {"max_steps": 3}}, name="retrained.toml"
+        )
+        training = _run_job("finetuning_job", retrained, instance)
+        assert training.success
+        new_hash = training.output_for_node("fine_tuned_model")["fingerprint"]
+        assert new_hash != evaluated_hash
+
+        evaluation = _run_job("evaluation_job", retrained, instance)
+        assert not evaluation.success
+        message = _step_error(evaluation, "promoted_model")
+        assert f"refusing to register fine_tuned_model {new_hash}" in message
+        assert f"scored the inference of model {evaluated_hash}" in message
+        client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        assert [str(v.version) for v in client.search_model_versions("name='tiny'")] == ["1"]
+
+
+def test_incomplete_inference_blocks_the_report_and_promotion(write_config: Any) -> None:
+    # the tiny random model answers mostly nothing: no empty response allowed fails the completeness gate
+    strict = {"inferencer": {"max_empty_response_share": 0.0}}
+    blocking = write_config(
+        {
+            **strict,
+            "evaluator": {"register_model": True, "registered_model_name": "tiny", "blocking_checks": True},
+        },
+        name="blocking.toml",
+    )
+    with dg.instance_for_test() as instance:
+        result = _materialize(blocking, instance)
+        checks = {e.check_name: (e.passed, e.severity) for e in result.get_asset_check_evaluations()}
+        assert checks["inference_complete"] == (False, dg.AssetCheckSeverity.ERROR)
+        assert result.output_for_node("inference_results")["empty_responses"] > 0
+        assert not result.asset_materializations_for_node("evaluation_report")
+        assert not result.asset_materializations_for_node("promoted_model")
+
+        # Checks that only warn let the report run; promotion still consults completeness itself.
+        warning = write_config(
+            {**strict, "evaluator": {"register_model": True, "registered_model_name": "tiny"}},
+            name="warning.toml",
+        )
+        second = _materialize(warning, instance, ["evaluation_report", "promoted_model"])
+        assert second.success
+        assert second.output_for_node("promoted_model") == {
+            "registered": False,
+            "failed_gates": ["inference_complete"],
+        }

@@ -96,7 +96,8 @@ def test_materialize_all_in_the_asset_graph(
         "the sensor's baseline tick", lambda: any("baseline" in str(t["skipReason"]) for t in ticks(dev)), 120
     )
 
-    page = open_page(browser, f"{dev.url}/asset-groups")
+    # The pipeline job's page: the global graph's "Materialize all" also covers the partitioned sweep group
+    page = open_page(browser, f"{dev.url}/locations/{LOCATION}/jobs/fine_tune_pipeline")
     page.get_by_role("button", name="Materialize all").click()
     page.get_by_text("Launched run").wait_for(timeout=60_000)
     launched = dev.wait_for("the UI's run", lambda: runs(dev, **{"dagster/from_ui": "true"}), 60)

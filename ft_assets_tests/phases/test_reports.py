@@ -13,7 +13,7 @@ from xml.etree import ElementTree
 import pytest
 from openpyxl import load_workbook
 
-from ft_assets.phases import reports
+from ft_assets.phases import report_workbook, reports
 from ft_assets.phases.metrics import JudgeUsage, MetricScores
 from ft_assets.phases.reports import REPORT_XLSX, SUMMARY_JSON, write_report
 
@@ -105,10 +105,17 @@ def test_json_summary_has_stats_deltas_usage_and_null_for_nan(tmp_path, fine_tun
     assert ft_rouge["mean"] == pytest.approx(statistics.fmean([1.0, 0.8]))
     assert (ft_rouge["count"], ft_rouge["nan_count"]) == (2, 1)
     base_mean = statistics.fmean([0.1, 0.5, 0.3])
-    assert document["metrics"]["delta"]["rouge_score"] == pytest.approx(ft_rouge["mean"] - base_mean)
-    assert document["primary"] == pytest.approx(
-        {"fine_tuned_mean": ft_rouge["mean"], "base_mean": base_mean, "delta": ft_rouge["mean"] - base_mean}
-    )
+    # Paired: row c failed on the fine-tuned side, so the delta is over a and b only (1.0-0.5, 0.8-0.3).
+    paired_delta = statistics.fmean([1.0 - 0.5, 0.8 - 0.3])
+    assert document["metrics"]["delta"]["rouge_score"] == pytest.approx(paired_delta)
+    primary = document["primary"]
+    assert (primary["fine_tuned_mean"], primary["base_mean"]) == pytest.approx((ft_rouge["mean"], base_mean))
+    assert (primary["delta"], primary["pairs"]) == (pytest.approx(paired_delta), 2)
+    # both pairs have the same delta: a zero-width interval at that delta
+    assert primary["delta_ci_low"] == pytest.approx(paired_delta) == primary["delta_ci_high"]
+    assert primary["fine_tuned_ci_low"] <= ft_rouge["mean"] <= primary["fine_tuned_ci_high"]
+    assert document["comparison"]["rouge_score"]["unpaired_ids"] == ["c"]
+    assert document["failed_rows"]["fine_tuned"] == {"rouge_score": ["c"], "exact_match": []}
     assert document["judge_usage"]["fine_tuned"] == {
         "input_tokens": 1200,
         "output_tokens": 300,
@@ -166,9 +173,17 @@ def test_workbook_sheets_per_sample_rows_and_chart(tmp_path, fine_tuned, base) -
     assert records[2]["response"] == "oops  control"  # control characters Excel cannot store are dropped
 
     comparison = list(workbook["Comparison"].iter_rows(values_only=True))
-    assert comparison[0] == ("metric", "base mean", "fine-tuned mean", "delta")
+    assert comparison[0] == (
+        "metric",
+        "base mean",
+        "fine-tuned mean",
+        "delta",
+        "delta ci_low",
+        "delta ci_high",
+        "pairs",
+    )
     rouge = next(row for row in comparison if row[0] == "rouge_score")
-    assert rouge[1:] == pytest.approx((0.3, 0.9, 0.6))
+    assert rouge[1:] == pytest.approx((0.3, 0.9, 0.5, 0.5, 0.5, 2))  # paired delta over a and b
 
     summary_values = [row[:2] for row in workbook["Summary"].iter_rows(values_only=True)]
     assert ("Primary metric", "rouge_score") in summary_values
@@ -188,8 +203,10 @@ def test_markdown_preview_puts_the_primary_metric_first(tmp_path, fine_tuned, ba
     markdown = _write(tmp_path / "report", fine_tuned, base).markdown
     lines = markdown.splitlines()
     assert lines[0].startswith("| metric |")
-    assert lines[2] == "| **rouge_score** (primary) | 0.9000 | 0.3000 | +0.6000 | 2 | 1 |"
-    assert lines[3] == "| exact_match | 0.3333 | 0.0000 | +0.3333 | 3 | 0 |"
+    assert lines[2].startswith("| **rouge_score** (primary) | 0.9000 [0.8000, 1.0000] | 0.3000 [")
+    assert lines[2].endswith("| +0.5000 [+0.5000, +0.5000] | 2 | 2 | 1 |")  # paired: a and b
+    assert lines[3].startswith("| exact_match | 0.3333 [0.0000, 1.0000] | 0.0000 [0.0000, 0.0000] |")
+    assert lines[3].endswith("| 3 | 3 | 0 |")
     assert "1300 input + 350 output tokens in 9 requests, $0.0005" in markdown
 
 
@@ -218,7 +235,7 @@ def test_a_failed_write_keeps_the_previous_report(tmp_path, fine_tuned, monkeypa
     def broken_workbook(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(reports, "_write_workbook", broken_workbook)
+    monkeypatch.setattr(report_workbook, "write_workbook", broken_workbook)
     rows, scores = fine_tuned
     scores.per_row["exact_match"] = [0.0, 0.0, 0.0]
     with pytest.raises(OSError, match="disk full"):
