@@ -45,6 +45,7 @@ def evaluation_report(
     a JSON summary, an Excel workbook (Summary, Per-sample, Comparison, chart), MLflow metrics/params and
     a per-sample MLflow table."""
     from ft_assets.phases.comparison import Bootstrap
+    from ft_assets.phases.metric_definitions import corpus_scores, describe_metrics
     from ft_assets.phases.metrics import score_rows
     from ft_assets.phases.report_mlflow import (
         PER_SAMPLE_TABLE,
@@ -82,6 +83,11 @@ def evaluation_report(
             provenance=provenance,
             durations_s=durations,
             bootstrap=Bootstrap.from_config(config),
+            definitions=describe_metrics(config, rows),
+            corpus_scores={
+                "fine_tuned": corpus_scores(rows, config),
+                "base": corpus_scores(baseline_rows, config) if baseline_rows else None,
+            },
         )
         document = report.document
         eval_metrics = evaluation_metrics(document)

@@ -23,6 +23,29 @@ def _materialize(config: Path, instance: dg.DagsterInstance, selection: list[str
     )
 
 
+def _assert_evaluation_views(result: dg.ExecuteInProcessResult, client: MlflowClient) -> None:
+    """The evaluation run states each metric's definition and intervals; the preview shows them too."""
+    metadata = result.asset_materializations_for_node("evaluation_report")[0].metadata
+    run = client.get_run(metadata["mlflow_run_id"].value)
+    assert run.data.params["metric_rouge_score_library"].startswith("rouge-score")
+    assert run.data.params["metric_bleu_score_variant"].startswith("sentence BLEU")
+    for key in ("eval_rouge_score", "eval_base_rouge_score", "eval_delta_rouge_score"):
+        assert (
+            run.data.metrics[f"{key}_ci_low"] <= run.data.metrics[key] <= run.data.metrics[f"{key}_ci_high"]
+        )
+    assert "eval_corpus_bleu" in run.data.metrics and "eval_base_corpus_bleu" in run.data.metrics
+    assert '"type": "table"' in run.data.tags["mlflow.loggedArtifacts"]
+    preview = metadata["preview"].value
+    assert "delta, paired [95% CI]" in preview and "**Sample rows** (first 5 of 60)" in preview
+    assert "- `rouge_score`: library: rouge-score" in preview and "| corpus_bleu |" in preview
+    report = result.output_for_node("evaluation_report")
+    assert (
+        report["comparison"]["rouge_score"]["pairs"]
+        + len(report["comparison"]["rouge_score"]["unpaired_ids"])
+        == 60
+    )
+
+
 def test_promotion_follows_the_gates(write_config: Any, tmp_path: Path) -> None:
     passing = write_config(
         {
@@ -42,6 +65,7 @@ def test_promotion_follows_the_gates(write_config: Any, tmp_path: Path) -> None:
         assert promoted == {"registered": True, "name": "tiny", "version": "1", "alias": "champion"}
         client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
         assert str(client.get_model_version_by_alias("tiny", "champion").version) == "1"
+        _assert_evaluation_views(first, client)
 
         # An impossible threshold with blocking checks: the check fails with ERROR and promotion does not run.
         failing = write_config(
