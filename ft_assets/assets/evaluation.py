@@ -12,6 +12,7 @@ from ft_assets.assets.data import evaluation_dataset
 from ft_assets.phases.gates import check_lineage, release_gates
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import MlflowTracking
+from ft_assets.tracking import redact
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -105,6 +106,13 @@ def evaluation_report(
         run.log_artifact(report.json_path)
         run.log_artifact(report.xlsx_path)
         run.log_table(per_sample_table(rows, scores, baseline_rows, baseline_scores), PER_SAMPLE_TABLE)
+        if config.log_mlflow_evaluation and run.enabled:
+            from ft_assets.phases.mlflow_evaluation import log_genai_evaluation
+
+            try:
+                log_genai_evaluation(str(run.run_id), rows, scores, baseline_rows, baseline_scores)
+            except Exception as error:  # a view of what is already logged: its loss must not fail the report
+                context.log.warning(f"MLflow GenAI evaluation view not recorded: {redact(str(error))}")
         metadata = run.dagster_metadata()
     value = {
         "json_path": str(report.json_path),

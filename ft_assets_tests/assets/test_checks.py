@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pytest
 from mlflow.tracking import MlflowClient
 
 from ft_assets.definitions import defs
@@ -38,6 +39,12 @@ def _assert_evaluation_views(result: dg.ExecuteInProcessResult, client: MlflowCl
     preview = metadata["preview"].value
     assert "delta, paired [95% CI]" in preview and "**Sample rows** (first 5 of 60)" in preview
     assert "- `rouge_score`: library: rouge-score" in preview and "| corpus_bleu |" in preview
+    # MLflow's GenAI evaluation view: one trace per row, the project's scores attached as assessments
+    traces = client.search_traces(locations=[run.info.experiment_id], run_id=run.info.run_id, max_results=100)
+    assert len(traces) == 60
+    assessments = {a.name: a for a in traces[0].info.assessments}
+    assert {"rouge_score", "base_rouge_score", "exact_match", "expected_response"} <= set(assessments)
+    assert run.data.metrics["rouge_score/mean"] == pytest.approx(run.data.metrics["eval_rouge_score"])
     report = result.output_for_node("evaluation_report")
     assert (
         report["comparison"]["rouge_score"]["pairs"]
@@ -54,6 +61,7 @@ def test_promotion_follows_the_gates(write_config: Any, tmp_path: Path) -> None:
                 "registered_model_name": "tiny",
                 "blocking_checks": True,
                 "thresholds": {"rouge_score": 0.0},
+                "log_mlflow_evaluation": True,
             }
         },
         name="passing.toml",
