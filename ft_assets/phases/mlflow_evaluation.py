@@ -3,7 +3,7 @@ with the project's scores attached as assessments, through ``mlflow.genai.evalua
 inference phase already produced (no model is called again, no score is recomputed by MLflow).
 
 Each configured metric becomes a code scorer named after it that returns the precomputed score (or the
-row's error where it failed); with a baseline, ``base_<metric>`` scorers carry the base model's score for
+row's error where it failed); with a baseline, ``<metric>_base`` scorers (listed next to theirs) carry the base model's score for
 the same prompt, its answer as the rationale. MLflow adds ``<metric>/mean`` metrics to the run.
 """
 
@@ -93,7 +93,7 @@ def log_genai_evaluation(
 
     scorers = [_precomputed_scorer(name, tuned(name)) for name in scores.per_row]
     if baseline_scores is not None:
-        scorers += [_precomputed_scorer(f"base_{name}", base(name)) for name in baseline_scores.per_row]
+        scorers += [_precomputed_scorer(f"{name}_base", base(name)) for name in baseline_scores.per_row]
 
     def text(value: Any) -> Any:
         return redact(value) if isinstance(value, str) else value
@@ -101,9 +101,9 @@ def log_genai_evaluation(
     data = [
         {
             "inputs": {
-                "id": row_id,
-                "system_prompt": text(row.get("system_prompt")),
                 "prompt": text(row.get("user_prompt")),
+                **({"system_prompt": text(row["system_prompt"])} if row.get("system_prompt") else {}),
+                "id": row_id,
             },
             "outputs": text(row.get("assistant_response")),
             "expectations": {"expected_response": text(row.get("ground_truth"))},

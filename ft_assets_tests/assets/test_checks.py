@@ -43,7 +43,7 @@ def _assert_evaluation_views(result: dg.ExecuteInProcessResult, client: MlflowCl
     traces = client.search_traces(locations=[run.info.experiment_id], run_id=run.info.run_id, max_results=100)
     assert len(traces) == 60
     assessments = {a.name: a for a in traces[0].info.assessments}
-    assert {"rouge_score", "base_rouge_score", "exact_match", "expected_response"} <= set(assessments)
+    assert {"rouge_score", "rouge_score_base", "exact_match", "expected_response"} <= set(assessments)
     assert run.data.metrics["rouge_score/mean"] == pytest.approx(run.data.metrics["eval_rouge_score"])
     report = result.output_for_node("evaluation_report")
     assert (

@@ -339,3 +339,19 @@ def test_judge_spread_is_reported_when_the_judge_sampled_each_row(tmp_path, fine
     column = header.index("rouge_score std (3 judge samples)")
     assert [line[column] for line in body] == [pytest.approx(0.1), pytest.approx(0.3), None]
     assert "Judge spread over 3 samples per row (mean per-row std): rouge_score 0.2000" in paths.markdown
+
+
+def test_demo_table_prints_means_and_paired_delta_with_intervals(tmp_path, fine_tuned, base) -> None:
+    from ft_assets.report_demo import comparison_table
+
+    paths = _write(tmp_path / "report", fine_tuned, base)
+    lines = comparison_table(paths.json_path).splitlines()
+    assert lines[0].split() == ["metric", "base", "fine-tuned", "delta", "(paired)"]
+    rouge = next(line for line in lines if line.startswith("rouge_score"))
+    base_low, base_high = (
+        json.loads(paths.json_path.read_text())["metrics"]["base"]["rouge_score"][key]
+        for key in ("ci_low", "ci_high")
+    )
+    assert f"0.300 [{base_low:.3f}, {base_high:.3f}]" in rouge
+    assert rouge.endswith("0.500 [0.500, 0.500]")  # paired delta of a and b
+    assert lines[-1].startswith("[low, high]: 95% paired bootstrap interval")
