@@ -106,14 +106,16 @@ def evaluation_report(
         run.log_artifact(report.json_path)
         run.log_artifact(report.xlsx_path)
         run.log_table(per_sample_table(rows, scores, baseline_rows, baseline_scores), PER_SAMPLE_TABLE)
-        if config.log_mlflow_evaluation and run.enabled:
-            from ft_assets.phases.mlflow_evaluation import log_genai_evaluation
-
-            try:
-                log_genai_evaluation(str(run.run_id), rows, scores, baseline_rows, baseline_scores)
-            except Exception as error:  # a view of what is already logged: its loss must not fail the report
-                context.log.warning(f"MLflow GenAI evaluation view not recorded: {redact(str(error))}")
         metadata = run.dagster_metadata()
+    if config.log_mlflow_evaluation and run.enabled:
+        from ft_assets.phases.mlflow_evaluation import log_genai_evaluation
+
+        try:  # after the phase run closed: see log_genai_evaluation
+            log_genai_evaluation(
+                str(run.tracking_uri), str(run.run_id), rows, scores, baseline_rows, baseline_scores
+            )
+        except Exception as error:  # a view of what is already logged: its loss must not fail the report
+            context.log.warning(f"MLflow GenAI evaluation view not recorded: {redact(str(error))}")
     value = {
         "json_path": str(report.json_path),
         "xlsx_path": str(report.xlsx_path),
