@@ -213,7 +213,7 @@ class EvaluatorConfig(_Section):
     #: sacrebleu tokenizer for BLEU; ``auto`` decides per split from the references' scripts.
     bleu_tokenize: BleuTokenize = "auto"
     #: Porter stemming of ASCII words in ROUGE-L; ``auto``: on when the references look English.
-    rouge_stemmer: Literal["auto"] | bool = "auto"
+    rouge_stemmer: Literal["auto", True, False] = "auto"
     exact_match_normalization: Literal["strip", "squad"] = "strip"
     #: Test prompts also in the training/validation data: reported by preflight as a warning or an error.
     leakage: Literal["warn", "error", "off"] = "warn"

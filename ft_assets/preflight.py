@@ -48,6 +48,7 @@ from ft_assets.config import (
 )
 from ft_assets.errors import FtAssetsError
 from ft_assets.phases.datasets import DatasetError, LoadedDataset, load_dataset
+from ft_assets.phases.leakage import check_leakage
 from ft_assets.phases.metrics import OPENAI_KEY_ENV, REFERENCE_METRICS, MetricsError
 from ft_assets.phases.metrics import preflight as metrics_preflight
 from ft_assets.phases.models import (
@@ -141,10 +142,18 @@ def preflight(
         report.base_model_dir = _check_base_model(settings, env, report)
     if adapter is not None:
         _check_adapter(Path(adapter), report.base_model_dir, settings, report)
+    training_sets: dict[str, LoadedDataset] = {}
     if "finetuning" in selected:
-        _check_training_data(settings, env, report)
+        training_sets = _check_training_data(settings, env, report)
     if "inference" in selected or "evaluation" in selected:
         test_set = _check_test_data(settings, env, report)
+        check_leakage(
+            settings.evaluator.leakage,
+            "[inferencer] testing_data_id",
+            test_set,
+            training_sets or (lambda: _training_sets(settings, env, labelled=False)),
+            report.warnings,
+        )
         if "evaluation" in selected:
             _check_metrics(settings, env, test_set, report)
     _check_tracking(settings, tracking, env, report)
@@ -474,34 +483,31 @@ def _hf_token(env: Mapping[str, str]) -> str | None:
     return env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN") or None
 
 
-def _check_training_data(settings: Settings, env: Mapping[str, str], report: PreflightReport) -> None:
+def _training_sets(settings: Settings, env: Mapping[str, str], *, labelled: bool) -> dict[str, LoadedDataset]:
+    """The training and (when configured) validation data sets, keyed by their config keys."""
+    tuner, token = settings.fine_tuner, _hf_token(env)
+    sources = [("training_data_id", tuner.training_data_id, tuner.dataset_split)]
+    if tuner.validation_data_id:
+        sources.append(("validation_data_id", tuner.validation_data_id, tuner.validation_dataset_split))
+    return {
+        f"[fine_tuner] {key}": _load(f"[fine_tuner] {key}", source, settings, tuner, split, token, labelled)
+        for key, source, split in sources
+    }
+
+
+def _check_training_data(
+    settings: Settings, env: Mapping[str, str], report: PreflightReport
+) -> dict[str, LoadedDataset]:
     from ft_assets.phases.training import prepare_examples
 
-    tuner, token = settings.fine_tuner, _hf_token(env)
-    train_set = _load(
-        "[fine_tuner] training_data_id",
-        tuner.training_data_id,
-        settings,
-        tuner,
-        tuner.dataset_split,
-        token,
-        True,
-    )
-    _record(report, "[fine_tuner] training_data_id", train_set)
-    validation_set = None
-    if tuner.validation_data_id:
-        validation_set = _load(
-            "[fine_tuner] validation_data_id",
-            tuner.validation_data_id,
-            settings,
-            tuner,
-            tuner.validation_dataset_split,
-            token,
-            True,
-        )
-        _record(report, "[fine_tuner] validation_data_id", validation_set)
+    tuner = settings.fine_tuner
+    training_sets = _training_sets(settings, env, labelled=True)
+    for key, dataset in training_sets.items():
+        _record(report, key, dataset)
+    train_set = training_sets["[fine_tuner] training_data_id"]
+    validation_set = training_sets.get("[fine_tuner] validation_data_id")
     if report.base_model_dir is None:
-        return
+        return training_sets
     tokenizer = _tokenizer(settings, report.base_model_dir)
     try:
         _, _, dropped = prepare_examples(settings, train_set, validation_set, tokenizer)
@@ -514,6 +520,7 @@ def _check_training_data(settings: Settings, env: Mapping[str, str], report: Pre
             f"[fine_tuner] max_length = {tuner.max_length}: {len(dropped)} rows are longer and are dropped"
         )
     report.passed.append(f"training rows fit max_length = {tuner.max_length} after templating")
+    return training_sets
 
 
 def _tokenizer(settings: Settings, folder: Path) -> Any:

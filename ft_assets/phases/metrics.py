@@ -355,9 +355,15 @@ def _build_metric(
 
 
 def _normalised(name: str, kwargs: dict[str, Any], config: EvaluatorConfig) -> dict[str, Any]:
-    """The texts a text metric compares: NFC, surrounding whitespace removed; exact match may fold more."""
-    mode = config.exact_match_normalization if name == "exact_match" else "strip"
-    return {key: text_metrics.normalise_for_exact_match(value, mode) for key, value in kwargs.items()}
+    """The texts a text metric compares: NFC, surrounding whitespace removed; exact match may fold more.
+    A value that is not text is left for the metric to reject as that row's error."""
+
+    def normalise(text: str) -> str:
+        if name == "exact_match":
+            return text_metrics.normalise_for_exact_match(text, config.exact_match_normalization)
+        return text_metrics.prepare(text)
+
+    return {key: normalise(value) if isinstance(value, str) else value for key, value in kwargs.items()}
 
 
 async def _score_offline(

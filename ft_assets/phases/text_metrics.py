@@ -66,6 +66,12 @@ def _in_ranges(char: str, ranges: Iterable[tuple[int, int]]) -> bool:
     return any(low <= code <= high for low, high in ranges)
 
 
+@functools.lru_cache(maxsize=2**16)
+def _is_own_token(char: str) -> bool:
+    """Whether ``char`` is a ROUGE token by itself: a character of a script without word spaces, or an emoji."""
+    return _in_ranges(char, _PER_CHARACTER_RANGES) or unicodedata.category(char) == "So"
+
+
 @dataclass(frozen=True)
 class Choice:
     """A setting as resolved for one split, and why (``reason`` is shown in the metric definitions)."""
@@ -127,6 +133,11 @@ def _porter() -> Any:
     return porter.PorterStemmer()
 
 
+@functools.lru_cache(maxsize=2**16)
+def _stem(word: str) -> str:
+    return _porter().stem(word)  # memoised: stemming is most of ROUGE's time, and words repeat
+
+
 class UnicodeWordTokenizer:
     """ROUGE tokens for any script; pass it as ``rouge_scorer.RougeScorer(tokenizer=...)``.
 
@@ -152,7 +163,7 @@ class UnicodeWordTokenizer:
                     word += char
                 else:
                     tokens[-1] += char
-            elif _in_ranges(char, _PER_CHARACTER_RANGES) or category == "So":
+            elif _is_own_token(char):
                 word = self._flush(word, tokens)
                 tokens.append(char)
                 attachable = True  # a Thai vowel sign, an emoji's variation selector
@@ -166,8 +177,8 @@ class UnicodeWordTokenizer:
 
     def _flush(self, word: str, tokens: list[str]) -> str:
         if word:
-            stemmable = self.stem and len(word) > _STEM_MIN_LENGTH and word.isascii() and word.isalpha()
-            tokens.append(_porter().stem(word) if stemmable else word)
+            stemmable = self.stem and len(word) > _STEM_MIN_LENGTH and word.isascii()
+            tokens.append(_stem(word) if stemmable else word)
         return ""
 
 
@@ -185,11 +196,14 @@ def rouge_l(reference: str, response: str, *, stem: bool) -> float:
     is 0/0: such a pair scores 1 when the two texts are equal after :func:`prepare`, else 0.
     """
     reference, response = prepare(reference), prepare(response)
-    scorer = _rouge_l_scorer(stem)
-    tokenizer = UnicodeWordTokenizer(stem=stem)
-    if not tokenizer.tokenize(reference) and not tokenizer.tokenize(response):
+    if not _has_tokens(reference) and not _has_tokens(response):
         return float(reference == response)
-    return float(scorer.score(reference, response)["rougeL"].fmeasure)
+    return float(_rouge_l_scorer(stem).score(reference, response)["rougeL"].fmeasure)
+
+
+def _has_tokens(text: str) -> bool:
+    """Whether :class:`UnicodeWordTokenizer` finds a token in ``text`` (without tokenizing it all)."""
+    return any(unicodedata.category(char)[0] in "LNM" or _is_own_token(char) for char in text)
 
 
 @functools.cache
