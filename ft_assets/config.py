@@ -230,6 +230,8 @@ class EvaluatorConfig(_Section):
     confidence_level: float = Field(0.95, gt=0.0, lt=1.0)
     bootstrap_resamples: int = Field(2000, ge=100, le=1_000_000)
     bootstrap_seed: int = Field(0, ge=0)
+    #: Also record the scored rows as an MLflow GenAI evaluation (traces + assessments, the UI's views).
+    log_mlflow_evaluation: bool = True
     embedding_model: str = "all-MiniLM-L6-v2"
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
     register_model: bool = False

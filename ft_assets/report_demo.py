@@ -26,15 +26,35 @@ def _latest_metadata(instance: dg.DagsterInstance, asset: str) -> dict[str, obje
     }
 
 
+def _cell(mean: object, low: object = None, high: object = None) -> str:
+    if not isinstance(mean, int | float):
+        return "-"
+    if isinstance(low, int | float) and isinstance(high, int | float):
+        return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+    return f"{mean:.3f}"
+
+
 def comparison_table(summary_path: Path) -> str:
-    """Base vs fine-tuned means from an evaluation summary JSON, as an aligned text table."""
-    metrics = json.loads(summary_path.read_text())["metrics"]
-    tuned, base, delta = metrics["fine_tuned"], metrics["base"] or {}, metrics["delta"] or {}
-    lines = [f"{'metric':<22}{'base':>10}{'fine-tuned':>12}{'delta':>10}"]
+    """Base vs fine-tuned means and the paired delta from an evaluation summary JSON, each with its
+    confidence interval, as an aligned text table."""
+    document = json.loads(summary_path.read_text())
+    metrics = document["metrics"]
+    tuned, base = metrics["fine_tuned"], metrics["base"] or {}
+    comparison = document.get("comparison") or {}
+    confidence = document.get("bootstrap", {}).get("confidence", 0.95)
+    width = 24
+    lines = [f"{'metric':<22}{'base':>{width}}{'fine-tuned':>{width}}{'delta (paired)':>{width}}"]
     for name, stats in tuned.items():
-        values = (base.get(name, {}).get("mean"), stats["mean"], delta.get(name))
-        cells = [f"{v:.3f}" if isinstance(v, int | float) else "-" for v in values]
-        lines.append(f"{name:<22}{cells[0]:>10}{cells[1]:>12}{cells[2]:>10}")
+        base_stats, paired = base.get(name, {}), comparison.get(name, {})
+        cells = [
+            _cell(base_stats.get("mean"), base_stats.get("ci_low"), base_stats.get("ci_high")),
+            _cell(stats["mean"], stats.get("ci_low"), stats.get("ci_high")),
+            _cell(paired.get("delta"), paired.get("delta_ci_low"), paired.get("delta_ci_high")),
+        ]
+        lines.append(f"{name:<22}" + "".join(f"{cell:>{width}}" for cell in cells))
+    lines.append(
+        f"[low, high]: {confidence:.0%} paired bootstrap interval; delta over rows scored on both sides"
+    )
     return "\n".join(lines)
 
 

@@ -12,3 +12,10 @@ def pipeline_resources(config_path: Path, **overrides: Any) -> dict[str, Any]:
     from ft_assets.resources.settings import PipelineSettings
 
     return {**defs.resources, "settings": PipelineSettings(config_path=str(config_path)), **overrides}
+
+
+def scores_without_errors(**per_row: list[float]) -> Any:
+    """:class:`~ft_assets.phases.metrics.MetricScores` with these per-row values and no error text."""
+    from ft_assets.phases.metrics import MetricScores
+
+    return MetricScores(per_row=per_row, errors={name: [None] * len(v) for name, v in per_row.items()})

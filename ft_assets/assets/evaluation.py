@@ -12,6 +12,7 @@ from ft_assets.assets.data import evaluation_dataset
 from ft_assets.phases.gates import check_lineage, release_gates
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import MlflowTracking
+from ft_assets.secrets import redact
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -45,6 +46,7 @@ def evaluation_report(
     a JSON summary, an Excel workbook (Summary, Per-sample, Comparison, chart), MLflow metrics/params and
     a per-sample MLflow table."""
     from ft_assets.phases.comparison import Bootstrap
+    from ft_assets.phases.metric_definitions import corpus_scores, describe_metrics
     from ft_assets.phases.metrics import score_rows
     from ft_assets.phases.report_mlflow import (
         PER_SAMPLE_TABLE,
@@ -82,6 +84,11 @@ def evaluation_report(
             provenance=provenance,
             durations_s=durations,
             bootstrap=Bootstrap.from_config(config),
+            definitions=describe_metrics(config, rows),
+            corpus_scores={
+                "fine_tuned": corpus_scores(rows, config),
+                "base": corpus_scores(baseline_rows, config) if baseline_rows else None,
+            },
         )
         document = report.document
         eval_metrics = evaluation_metrics(document)
@@ -100,6 +107,15 @@ def evaluation_report(
         run.log_artifact(report.xlsx_path)
         run.log_table(per_sample_table(rows, scores, baseline_rows, baseline_scores), PER_SAMPLE_TABLE)
         metadata = run.dagster_metadata()
+    if config.log_mlflow_evaluation and run.enabled:
+        from ft_assets.phases.mlflow_evaluation import log_genai_evaluation
+
+        try:  # after the phase run closed: see log_genai_evaluation
+            log_genai_evaluation(
+                str(run.tracking_uri), str(run.run_id), rows, scores, baseline_rows, baseline_scores
+            )
+        except Exception as error:  # a view of what is already logged: its loss must not fail the report
+            context.log.warning(f"MLflow GenAI evaluation view not recorded: {redact(str(error))}")
     value = {
         "json_path": str(report.json_path),
         "xlsx_path": str(report.xlsx_path),

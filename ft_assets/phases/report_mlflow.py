@@ -18,8 +18,8 @@ PER_SAMPLE_TABLE = "evaluation_per_sample.json"
 
 def evaluation_metrics(document: Mapping[str, Any]) -> dict[str, float]:
     """``eval_<metric>`` (+ ``_ci_low``/``_ci_high``), ``eval_base_<metric>`` (+ interval),
-    ``eval_delta_<metric>`` (paired, + interval, + ``eval_pairs_<metric>``) and ``eval_<corpus score>`` /
-    ``eval_base_<corpus score>``, from the report's summary document."""
+    ``eval_delta_<metric>`` (paired, + interval, + ``eval_pairs_<metric>``), ``eval_<metric>_judge_std``
+    (judge metrics) and ``eval_<corpus score>`` / ``eval_base_<corpus score>``, from the report's summary document."""
     metrics: dict[str, float] = {}
     sides = {"eval": document["metrics"]["fine_tuned"], "eval_base": document["metrics"]["base"] or {}}
     for prefix, summary in sides.items():
@@ -32,6 +32,8 @@ def evaluation_metrics(document: Mapping[str, Any]) -> dict[str, float]:
         metrics[f"eval_delta_{name}_ci_low"] = entry["delta_ci_low"]
         metrics[f"eval_delta_{name}_ci_high"] = entry["delta_ci_high"]
         metrics[f"eval_pairs_{name}"] = entry["pairs"]
+    for name, spread in document["judge_spread"]["fine_tuned"].items():
+        metrics[f"eval_{name}_judge_std"] = spread
     corpus = document["corpus_scores"]
     for prefix, side in (("eval", "fine_tuned"), ("eval_base", "base")):
         for name, value in (corpus.get(side) or {}).items():

@@ -75,6 +75,14 @@ def _definitions(document: Mapping[str, Any]) -> list[str]:
     return ["", "**Metric definitions**", "", *lines] if lines else []
 
 
+def _spread(document: Mapping[str, Any]) -> list[str]:
+    spread = document["judge_spread"]
+    if spread["samples"] <= 1 or not spread["fine_tuned"]:
+        return []
+    parts = ", ".join(f"{name} {_fmt(value)}" for name, value in spread["fine_tuned"].items())
+    return ["", f"Judge spread over {spread['samples']} samples per row (mean per-row std): {parts}"]
+
+
 def _corpus(document: Mapping[str, Any]) -> list[str]:
     corpus = document["corpus_scores"]
     names = sorted({key for side in corpus.values() if side for key in side})
@@ -129,6 +137,7 @@ def markdown_preview(
         f"resamples, seed {bootstrap['seed']}; deltas over the rows scored on both sides. LLM judge: "
         f"{usage['input_tokens']} input + {usage['output_tokens']} output tokens in {usage['requests']} "
         f"requests, ${usage['cost_usd']:.4f}",
+        *_spread(document),
         *_corpus(document),
         *_definitions(document),
         *_samples(rows, baseline_rows),

@@ -86,6 +86,7 @@ def _summary_sheet(sheet: Any, document: Mapping[str, Any], names: Sequence[str]
         ("Judge output tokens", usage["output_tokens"]),
         ("Judge requests", usage["requests"]),
         ("Judge cost (USD)", usage["cost_usd"]),
+        ("Judge samples per row", document["judge_spread"]["samples"]),
         ("Created at", document["created_at"]),
     ]
     for row_number, (label, value) in enumerate(facts, start=1):
@@ -103,6 +104,7 @@ def _summary_sheet(sheet: Any, document: Mapping[str, Any], names: Sequence[str]
             "delta ci_low",
             "delta ci_high",
             "pairs",
+            "judge spread (mean per-row std)",
         ],
         [
             [
@@ -110,6 +112,7 @@ def _summary_sheet(sheet: Any, document: Mapping[str, Any], names: Sequence[str]
                 *(fine_tuned[name][key] for key in stat_keys),
                 *(base.get(name, {}).get(key) for key in ("mean", "ci_low", "ci_high")),
                 *(comparison.get(name, {}).get(key) for key in delta_keys),
+                document["judge_spread"]["fine_tuned"].get(name),
             ]
             for name in names
         ],
@@ -159,7 +162,9 @@ def _per_sample_sheet(
     base_names = [name for name in names if name in base_per_row]
     header = ["id", "system_prompt", "user_prompt", "ground_truth", "response"]
     header += ["base_response"] if with_base else []
-    header += names + [f"base {name}" for name in base_names] + ["errors"]
+    spread_names = [name for name in names if scores.judge_samples > 1 and name in scores.per_row_std]
+    header += names + [f"{name} std ({scores.judge_samples} judge samples)" for name in spread_names]
+    header += [f"base {name}" for name in base_names] + ["errors"]
     body = []
     for index, row in enumerate(rows):
         row_id = row.get("id", index)
@@ -169,6 +174,7 @@ def _per_sample_sheet(
         if with_base:
             values.append(base_rows[base_index].get("assistant_response") if base_index is not None else None)
         values += [scores.per_row[name][index] for name in names]
+        values += [scores.per_row_std[name][index] for name in spread_names]
         values += [base_per_row[name][base_index] if base_index is not None else None for name in base_names]
         errors = [f"{name}: {scores.errors[name][index]}" for name in names if scores.errors[name][index]]
         values.append("\n".join(errors) or None)

@@ -168,6 +168,11 @@ def _summary_document(
         "definitions": {name: dict(definitions.get(name, {})) for name in scores.per_row},
         "corpus_scores": {key: dict(value) if value else None for key, value in corpus_scores.items()},
         "bootstrap": asdict(bootstrap),
+        "judge_spread": {
+            "samples": scores.judge_samples,
+            "fine_tuned": dict(scores.sample_std),
+            "base": dict(baseline_scores.sample_std) if baseline_scores is not None else None,
+        },
         "judge_usage": {
             "fine_tuned": asdict(scores.judge_usage),
             "base": asdict(baseline_scores.judge_usage) if baseline_scores is not None else None,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pytest
 from mlflow.tracking import MlflowClient
 
 from ft_assets.definitions import defs
@@ -23,6 +24,35 @@ def _materialize(config: Path, instance: dg.DagsterInstance, selection: list[str
     )
 
 
+def _assert_evaluation_views(result: dg.ExecuteInProcessResult, client: MlflowClient) -> None:
+    """The evaluation run states each metric's definition and intervals; the preview shows them too."""
+    metadata = result.asset_materializations_for_node("evaluation_report")[0].metadata
+    run = client.get_run(metadata["mlflow_run_id"].value)
+    assert run.data.params["metric_rouge_score_library"].startswith("rouge-score")
+    assert run.data.params["metric_bleu_score_variant"].startswith("sentence BLEU")
+    for key in ("eval_rouge_score", "eval_base_rouge_score", "eval_delta_rouge_score"):
+        assert (
+            run.data.metrics[f"{key}_ci_low"] <= run.data.metrics[key] <= run.data.metrics[f"{key}_ci_high"]
+        )
+    assert "eval_corpus_bleu" in run.data.metrics and "eval_base_corpus_bleu" in run.data.metrics
+    assert '"type": "table"' in run.data.tags["mlflow.loggedArtifacts"]
+    preview = metadata["preview"].value
+    assert "delta, paired [95% CI]" in preview and "**Sample rows** (first 5 of 60)" in preview
+    assert "- `rouge_score`: library: rouge-score" in preview and "| corpus_bleu |" in preview
+    # MLflow's GenAI evaluation view: one trace per row, the project's scores attached as assessments
+    traces = client.search_traces(locations=[run.info.experiment_id], run_id=run.info.run_id, max_results=100)
+    assert len(traces) == 60
+    assessments = {a.name: a for a in traces[0].info.assessments}
+    assert {"rouge_score", "rouge_score_base", "exact_match", "expected_response"} <= set(assessments)
+    assert run.data.metrics["rouge_score/mean"] == pytest.approx(run.data.metrics["eval_rouge_score"])
+    report = result.output_for_node("evaluation_report")
+    assert (
+        report["comparison"]["rouge_score"]["pairs"]
+        + len(report["comparison"]["rouge_score"]["unpaired_ids"])
+        == 60
+    )
+
+
 def test_promotion_follows_the_gates(write_config: Any, tmp_path: Path) -> None:
     passing = write_config(
         {
@@ -31,6 +61,7 @@ def test_promotion_follows_the_gates(write_config: Any, tmp_path: Path) -> None:
                 "registered_model_name": "tiny",
                 "blocking_checks": True,
                 "thresholds": {"rouge_score": 0.0},
+                "log_mlflow_evaluation": True,
             }
         },
         name="passing.toml",
@@ -42,6 +73,7 @@ def test_promotion_follows_the_gates(write_config: Any, tmp_path: Path) -> None:
         assert promoted == {"registered": True, "name": "tiny", "version": "1", "alias": "champion"}
         client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
         assert str(client.get_model_version_by_alias("tiny", "champion").version) == "1"
+        _assert_evaluation_views(first, client)
 
         # An impossible threshold with blocking checks: the check fails with ERROR and promotion does not run.
         failing = write_config(

@@ -18,13 +18,9 @@ from ft_assets.phases.comparison import (
     mean_interval,
     paired_comparison,
 )
-from ft_assets.phases.metrics import MetricScores
+from ft_assets_tests.helpers import scores_without_errors
 
 NAN = math.nan
-
-
-def _scores(**per_row: list[float]) -> MetricScores:
-    return MetricScores(per_row=per_row, errors={name: [None] * len(v) for name, v in per_row.items()})
 
 
 def _rows(ids: list[str]) -> list[dict]:
@@ -58,9 +54,9 @@ def test_paired_delta_matches_scipy_paired_bootstrap_and_the_normal_approximatio
     ids = [f"東京-{index}" for index in range(len(tuned))]
     result = paired_comparison(
         _rows(ids),
-        _scores(rouge_score=tuned),
+        scores_without_errors(rouge_score=tuned),
         _rows(ids[::-1]),
-        _scores(rouge_score=base[::-1]),
+        scores_without_errors(rouge_score=base[::-1]),
         Bootstrap(resamples=10_000, seed=0, confidence=0.9),
     )["rouge_score"]
     differences = np.asarray(tuned) - np.asarray(base)
@@ -91,9 +87,9 @@ def test_pairs_by_id_and_leaves_out_rows_failed_on_either_side() -> None:
     base_rows = _rows(["c", "a", "Москва", "only-base"])
     result = paired_comparison(
         tuned_rows,
-        _scores(rouge_score=[1.0, NAN, 0.5, 0.9], bleu_score=[0.2, 0.2, 0.2, 0.2]),
+        scores_without_errors(rouge_score=[1.0, NAN, 0.5, 0.9], bleu_score=[0.2, 0.2, 0.2, 0.2]),
         base_rows,
-        _scores(rouge_score=[NAN, 0.25, 0.0, 0.1]),
+        scores_without_errors(rouge_score=[NAN, 0.25, 0.0, 0.1]),
         Bootstrap(resamples=500),
     )
     assert list(result) == ["rouge_score"]  # bleu was not scored on the base side
@@ -107,7 +103,11 @@ def test_pairs_by_id_and_leaves_out_rows_failed_on_either_side() -> None:
 
 def test_no_pair_gives_nan_and_duplicate_ids_are_refused() -> None:
     none = paired_comparison(
-        _rows(["a"]), _scores(m=[NAN]), _rows(["a"]), _scores(m=[1.0]), Bootstrap(resamples=100)
+        _rows(["a"]),
+        scores_without_errors(m=[NAN]),
+        _rows(["a"]),
+        scores_without_errors(m=[1.0]),
+        Bootstrap(resamples=100),
     )["m"]
     assert none["pairs"] == 0 and math.isnan(none["delta"]) and math.isnan(none["delta_ci_low"])
     assert math.isnan(mean_interval([NAN, NAN], Bootstrap())["mean"])
@@ -115,7 +115,11 @@ def test_no_pair_gives_nan_and_duplicate_ids_are_refused() -> None:
         ComparisonError, match=r"base inference results: id 'x' occurs twice \(again at row 1\)"
     ):
         paired_comparison(
-            _rows(["x"]), _scores(m=[1.0]), _rows(["x", "x"]), _scores(m=[1.0, 0.0]), Bootstrap()
+            _rows(["x"]),
+            scores_without_errors(m=[1.0]),
+            _rows(["x", "x"]),
+            scores_without_errors(m=[1.0, 0.0]),
+            Bootstrap(),
         )
 
 
@@ -125,9 +129,9 @@ def test_all_equal_data_gives_a_zero_width_interval_at_the_mean() -> None:
     assert interval["mean"] == pytest.approx(0.7)
     paired = paired_comparison(
         _rows(["1", "2", "3"]),
-        _scores(m=[0.4] * 3),
+        scores_without_errors(m=[0.4] * 3),
         _rows(["3", "2", "1"]),
-        _scores(m=[0.1] * 3),
+        scores_without_errors(m=[0.1] * 3),
         Bootstrap(),
     )["m"]
     assert paired["delta_ci_low"] == paired["delta"] == paired["delta_ci_high"]
@@ -159,6 +163,6 @@ def test_coverage_of_the_true_mean_is_close_to_the_confidence_level() -> None:
 def test_failed_row_ids_names_each_metric_s_failures() -> None:
     rows = _rows(["α", "β", "γ"])
     failed = failed_row_ids(
-        rows, _scores(rouge_score=[NAN, 0.1, NAN], exact_match=[1.0, 0.0, 0.0]), "fine-tuned"
+        rows, scores_without_errors(rouge_score=[NAN, 0.1, NAN], exact_match=[1.0, 0.0, 0.0]), "fine-tuned"
     )
     assert failed == {"rouge_score": ["α", "γ"], "exact_match": []}

@@ -15,13 +15,10 @@ from ft_assets.phases.gates import (
     not_worse_gate,
     threshold_gate,
 )
-from ft_assets.phases.metrics import MetricScores, summarize
+from ft_assets.phases.metrics import summarize
+from ft_assets_tests.helpers import scores_without_errors
 
 NAN = math.nan
-
-
-def _scores(**per_row: list[float]) -> MetricScores:
-    return MetricScores(per_row=per_row, errors={name: [None] * len(v) for name, v in per_row.items()})
 
 
 def _rows(count: int) -> list[dict]:
@@ -29,7 +26,7 @@ def _rows(count: int) -> list[dict]:
 
 
 def _threshold(values: list[float], minimum: float, share: float = 1.0):
-    scores = _scores(rouge_score=values)
+    scores = scores_without_errors(rouge_score=values)
     return threshold_gate(
         summarize(scores),
         {"rouge_score": minimum},
@@ -65,7 +62,11 @@ def test_threshold_gate_fails_a_missing_metric_or_nan_mean() -> None:
 def _comparison(tuned: list[float], base: list[float]) -> dict:
     rows = _rows(len(tuned))
     return paired_comparison(
-        rows, _scores(rouge_score=tuned), rows, _scores(rouge_score=base), Bootstrap(resamples=2000, seed=1)
+        rows,
+        scores_without_errors(rouge_score=tuned),
+        rows,
+        scores_without_errors(rouge_score=base),
+        Bootstrap(resamples=2000, seed=1),
     )
 
 
@@ -95,7 +96,11 @@ def test_not_worse_passes_a_consistent_improvement_and_an_exact_tie() -> None:
 def test_not_worse_without_pairs_fails_and_without_baseline_passes() -> None:
     rows = _rows(2)
     unpaired = paired_comparison(
-        rows, _scores(rouge_score=[NAN, 1.0]), rows, _scores(rouge_score=[1.0, NAN]), Bootstrap()
+        rows,
+        scores_without_errors(rouge_score=[NAN, 1.0]),
+        rows,
+        scores_without_errors(rouge_score=[1.0, NAN]),
+        Bootstrap(),
     )
     assert not not_worse_gate(unpaired, "rouge_score", margin=1.0).passed
     assert not not_worse_gate({}, "rouge_score", margin=1.0).passed

@@ -253,3 +253,105 @@ def test_inconsistent_inputs_are_rejected_with_the_metric_named(tmp_path, fine_t
     with pytest.raises(ValueError, match="together"):
         _write(tmp_path / "r3", fine_tuned, baseline_rows=base[0])
     assert not any(tmp_path.iterdir())
+
+
+DEFINITIONS = {
+    "rouge_score": {"library": "rouge-score 0.1.2", "variant": "ROUGE-L F", "tokenizer": "Unicode words"},
+    "exact_match": {"library": "ragas ExactMatch", "normalisation": "strip both sides"},
+}
+CORPUS = {"fine_tuned": {"corpus_bleu": 0.42}, "base": {"corpus_bleu": 0.17}}
+
+
+def test_definitions_corpus_scores_and_intervals_in_json_workbook_and_preview(
+    tmp_path, fine_tuned, base
+) -> None:
+    paths = _write(
+        tmp_path / "report",
+        fine_tuned,
+        base,
+        definitions=DEFINITIONS,
+        corpus_scores=CORPUS,
+        bootstrap=reports.Bootstrap(resamples=500, seed=3, confidence=0.9),
+    )
+    document = json.loads(paths.json_path.read_text(), parse_constant=_reject_nan)
+    assert document["definitions"] == DEFINITIONS
+    assert document["corpus_scores"] == CORPUS
+    assert document["bootstrap"] == {"resamples": 500, "seed": 3, "confidence": 0.9}
+    exact = document["metrics"]["fine_tuned"]["exact_match"]
+    assert exact["ci_low"] <= exact["mean"] <= exact["ci_high"] and exact["ci_high"] > exact["ci_low"]
+    assert (
+        document["metrics"]["base"]["exact_match"]["ci_low"]
+        == 0.0
+        == document["metrics"]["base"]["exact_match"]["ci_high"]
+    )
+    assert set(document["comparison"]["exact_match"]) >= {"delta", "delta_ci_low", "delta_ci_high", "pairs"}
+
+    summary = [row for row in load_workbook(paths.xlsx_path)["Summary"].iter_rows(values_only=True)]
+    header = next(row for row in summary if row[0] == "metric")
+    rouge = dict(zip(header, next(row for row in summary if row[0] == "rouge_score"), strict=True))
+    assert rouge["fine-tuned ci_low"] == pytest.approx(
+        document["metrics"]["fine_tuned"]["rouge_score"]["ci_low"]
+    )
+    assert rouge["delta (paired)"] == pytest.approx(0.5) and rouge["pairs"] == 2
+    assert rouge["delta ci_low"] == pytest.approx(0.5) == rouge["delta ci_high"]
+    definition_header = next(row for row in summary if row[0] == "definition")
+    assert definition_header[:5] == ("definition", "library", "variant", "tokenizer", "normalisation")
+    assert ("rouge_score", "rouge-score 0.1.2", "ROUGE-L F", "Unicode words", None) in [
+        r[:5] for r in summary
+    ]
+    assert ("corpus_bleu", 0.42, 0.17) in [row[:3] for row in summary]
+
+    markdown = paths.markdown
+    assert "fine-tuned mean [90% CI]" in markdown
+    assert (
+        "- `rouge_score`: library: rouge-score 0.1.2; variant: ROUGE-L F; tokenizer: Unicode words"
+        in markdown
+    )
+    assert "| corpus_bleu | 0.4200 | 0.1700 |" in markdown
+    assert "500 resamples, seed 3" in markdown
+
+
+def test_preview_shows_five_sample_rows_side_by_side_escaped(tmp_path) -> None:
+    ids = [f"行-{index}" for index in range(7)]
+    rows = _rows([f"réponse | {index}\nligne 2 <b>x</b>" for index in range(7)], ids)
+    base_rows = _rows([f"base {index}" for index in range(7)], ids)[::-1]  # matched by id, not position
+    scores = MetricScores(per_row={"rouge_score": [0.5] * 7}, errors={"rouge_score": [None] * 7})
+    markdown = _write(tmp_path / "report", (rows, scores), (base_rows, scores)).markdown
+    start = markdown.index("**Sample rows** (first 5 of 7)")
+    table = markdown[start:].splitlines()[2:]
+    assert table[0] == "| id | prompt | base answer | fine-tuned answer | reference |"
+    assert len(table) == 2 + 5
+    assert table[2] == (
+        "| 行-0 | Question 行-0? | base 0 | réponse \\| 0 ligne 2 &lt;b&gt;x&lt;/b&gt; | Answer 行-0 |"
+    )
+    assert table[-1].startswith("| 行-4 |")
+
+
+def test_judge_spread_is_reported_when_the_judge_sampled_each_row(tmp_path, fine_tuned) -> None:
+    rows, scores = fine_tuned
+    scores.judge_samples = 3
+    scores.per_row_std = {"rouge_score": [0.1, 0.3, NAN]}
+    scores.sample_std = {"rouge_score": 0.2}
+    paths = _write(tmp_path / "report", (rows, scores))
+    document = json.loads(paths.json_path.read_text())
+    assert document["judge_spread"] == {"samples": 3, "fine_tuned": {"rouge_score": 0.2}, "base": None}
+    header, *body = list(load_workbook(paths.xlsx_path)["Per-sample"].iter_rows(values_only=True))
+    column = header.index("rouge_score std (3 judge samples)")
+    assert [line[column] for line in body] == [pytest.approx(0.1), pytest.approx(0.3), None]
+    assert "Judge spread over 3 samples per row (mean per-row std): rouge_score 0.2000" in paths.markdown
+
+
+def test_demo_table_prints_means_and_paired_delta_with_intervals(tmp_path, fine_tuned, base) -> None:
+    from ft_assets.report_demo import comparison_table
+
+    paths = _write(tmp_path / "report", fine_tuned, base)
+    lines = comparison_table(paths.json_path).splitlines()
+    assert lines[0].split() == ["metric", "base", "fine-tuned", "delta", "(paired)"]
+    rouge = next(line for line in lines if line.startswith("rouge_score"))
+    base_low, base_high = (
+        json.loads(paths.json_path.read_text())["metrics"]["base"]["rouge_score"][key]
+        for key in ("ci_low", "ci_high")
+    )
+    assert f"0.300 [{base_low:.3f}, {base_high:.3f}]" in rouge
+    assert rouge.endswith("0.500 [0.500, 0.500]")  # paired delta of a and b
+    assert lines[-1].startswith("[low, high]: 95% paired bootstrap interval")
