@@ -14,6 +14,7 @@ import dagster as dg
 from mlflow.tracking import MlflowClient
 
 from ft_assets.definitions import defs
+from ft_assets.phases.checkpoints import lock_path
 from ft_assets.resources.launcher import ComputeLauncher
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import MlflowTracking
@@ -200,8 +201,10 @@ def test_ddp_training_under_accelerate_launch(write_config: Any, tmp_path: Path)
     train_rows = len(read_jsonl(PROJECT_ROOT / "data" / "demo" / "train.jsonl"))
     history = json.loads((adapter / "log_history.json").read_text())
     assert history[-1]["epoch"] * train_rows == 2 * 2 * 2
-    # only rank 0 published: one output folder, no rank folders left beside it
-    assert sorted(p.name for p in adapter.parent.iterdir()) == sorted([adapter.name, "checkpoints"])
+    # only rank 0 published: one output folder, no rank folders left beside it (the checkpoints and their
+    # lock files are the training's own)
+    locks = lock_path(adapter.parent / "checkpoints", "any").parent.name
+    assert sorted(p.name for p in adapter.parent.iterdir()) == sorted([adapter.name, "checkpoints", locks])
     # only rank 0 logged to MLflow: one loss value per step
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_id = metadata["mlflow_run_id"].value
