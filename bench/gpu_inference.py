@@ -33,7 +33,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from inference_throughput import seed_loop  # this script's folder is first on sys.path
 
-from ft_assets.config import EMBEDDED_TINY, InferencerConfig, load_settings
+from ft_assets.config import InferencerConfig, load_settings
+from ft_assets.config_sections import EMBEDDED_TINY
 from ft_assets.phases.datasets import Example
 from ft_assets.phases.generation import generate_rows, load_for_inference, load_test_data
 from ft_assets.phases.models import (

@@ -30,7 +30,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from ft_assets.config import EMBEDDED_SMOLLM2, OFFLINE_METRICS, EvaluatorConfig, load_settings
+from ft_assets.config import EvaluatorConfig, load_settings
+from ft_assets.config_sections import EMBEDDED_SMOLLM2, OFFLINE_METRICS
 from ft_assets.phases.datasets import Example
 from ft_assets.phases.generation import generate_rows, load_for_inference, load_test_data
 from ft_assets.phases.models import detect_device, resolve_base_model

@@ -69,7 +69,8 @@ def _rows_filling(tokenizer: Any, max_length: int, count: int) -> list[dict[str,
 
 def worker(max_length: int, batch_size: int, steps: int, cache_dir: Path, workdir: Path) -> dict[str, float]:
     """Train one point in this process; return its peak RSS before and after training."""
-    from ft_assets.config import EMBEDDED_TINY, build_settings
+    from ft_assets.config import build_settings
+    from ft_assets.config_sections import EMBEDDED_TINY
     from ft_assets.phases.datasets import load_dataset
     from ft_assets.phases.models import load_tokenizer, resolve_base_model
     from ft_assets.phases.training import train

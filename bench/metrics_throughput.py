@@ -18,7 +18,8 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
 
-from ft_assets.config import OFFLINE_METRICS, EvaluatorConfig
+from ft_assets.config import EvaluatorConfig
+from ft_assets.config_sections import OFFLINE_METRICS
 from ft_assets.phases.metrics import score_rows
 
 WORDS = [

@@ -80,7 +80,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from ft_assets.config import DatasetColumns
+    from ft_assets.config_sections import DatasetColumns
     from ft_assets.phases.datasets import load_dataset
     from ft_assets.phases.label_masks import tokenize_example
     from ft_assets.phases.models import load_tokenizer, resolve_base_model

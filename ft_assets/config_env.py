@@ -18,18 +18,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ft_assets.config_sections import ConfigError
 from ft_assets.secrets import (
-    has_url_credentials,
-    map_strings,
     register_secret,
     register_url_credentials,
-    strip_credentials,
 )
-
-if TYPE_CHECKING:
-    from ft_assets.config import Settings
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 #: A key path inside the settings data, e.g. ``("evaluator", "judge", "base_url")``.
@@ -37,8 +32,6 @@ KeyPath = tuple[str | int, ...]
 
 
 def _config_error(message: str) -> Exception:
-    from ft_assets.config import ConfigError  # config imports this module
-
     return ConfigError(message)
 
 
@@ -99,15 +92,3 @@ def refuse_env_refs(overrides: Mapping[str, Any], source: str = "run config") ->
                 walk(value, (*at, index))
 
     walk(overrides, ())
-
-
-def settings_as_data(settings: Settings) -> dict[str, Any]:
-    """``settings`` as JSON data that may travel to another process: each expanded key as its
-    ``${VAR}`` template, credentials taken out of every URL, everything else exactly as it is."""
-    data = settings.model_dump(mode="json")
-    for path, template in settings._env_templates.items():
-        holder: Any = data
-        for part in path[:-1]:
-            holder = holder[part]
-        holder[path[-1]] = template
-    return map_strings(data, lambda text: strip_credentials(text) if has_url_credentials(text) else text)

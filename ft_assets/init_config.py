@@ -20,7 +20,8 @@ from typing import Any
 
 import tomli_w
 
-from ft_assets.config import DatasetColumns, build_settings, config_base_dir
+from ft_assets.config import build_settings, config_base_dir
+from ft_assets.config_sections import DatasetColumns
 from ft_assets.errors import FtAssetsError
 from ft_assets.phases.datasets import DatasetError, detect_columns, load_dataset
 from ft_assets.phases.io import atomic_file

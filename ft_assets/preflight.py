@@ -38,14 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ft_assets.config import (
-    EMBEDDED_SMOLLM2,
-    EMBEDDED_TINY,
-    JUDGE_METRICS,
-    ConfigError,
-    Settings,
-    load_settings,
-)
+from ft_assets.config import ConfigError, Settings, load_settings
+from ft_assets.config_sections import EMBEDDED_SMOLLM2, EMBEDDED_TINY, JUDGE_METRICS
 from ft_assets.errors import FtAssetsError
 from ft_assets.phases.datasets import DatasetError, LoadedDataset, load_dataset
 from ft_assets.phases.leakage import check_leakage

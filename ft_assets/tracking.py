@@ -461,7 +461,7 @@ def resolved_config_toml(settings: Settings) -> str:
     no URL credentials (removed by structure, never by substring replacement, which corrupts paths)."""
     import tomli_w
 
-    from ft_assets.config_env import settings_as_data
+    from ft_assets.config import settings_as_data
 
     def without_none(value: Any) -> Any:  # TOML has no null: an unset key is left out
         if isinstance(value, dict):
@@ -724,7 +724,7 @@ class PhaseRun:
             from peft import PeftModel
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            from ft_assets.phases.generation import adapter_base_path
+            from ft_assets.phases.prompts import adapter_base_path
 
             # adapter_config.json names the base portably (hub id, embedded name); the local copy is beside it
             base = str(adapter_base_path(Path(model_dir)))

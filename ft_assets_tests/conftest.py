@@ -48,7 +48,7 @@ def model_cache(user_cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(model_cache: Path) -> Any:
     """The embedded tiny Llama (random weights, BPE tokenizer trained offline, ChatML template)."""
-    from ft_assets.config import EMBEDDED_TINY
+    from ft_assets.config_sections import EMBEDDED_TINY
     from ft_assets.phases.models import resolve_base_model
 
     return resolve_base_model(EMBEDDED_TINY, cache_dir=model_cache, base_dir=PROJECT_ROOT)

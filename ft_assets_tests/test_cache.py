@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from ft_assets.cache import CACHE_ENV, default_model_cache_dir, user_cache_dir
-from ft_assets.config import EMBEDDED_TINY, build_settings
+from ft_assets.config import build_settings
+from ft_assets.config_sections import EMBEDDED_TINY
 from ft_assets.phases import models
 
 

@@ -8,7 +8,7 @@ import difflib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ft_assets.config import DatasetColumns
+from ft_assets.config_sections import DatasetColumns
 from ft_assets.phases.dataset_files import DatasetError, RawRows
 
 #: Source role names accepted in conversations, mapped onto the three roles the pipeline uses.

@@ -26,7 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ft_assets.config import ConfigError, DatasetColumns, load_settings
+from ft_assets.config import ConfigError, load_settings
+from ft_assets.config_sections import DatasetColumns
 from ft_assets.phases.dataset_files import DatasetError, data_version, locate, read_hub, read_local
 from ft_assets.phases.dataset_rows import BadField, check_columns, detect_format, parse_row
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ft_assets.config import JudgeConfig
+from ft_assets.config_sections import JudgeConfig
 from ft_assets.secrets import redact
 
 _ERROR_TEXT_LIMIT = 500

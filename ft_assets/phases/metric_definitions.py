@@ -13,7 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ft_assets.config import JUDGE_METRICS, EvaluatorConfig
+from ft_assets.config import EvaluatorConfig
+from ft_assets.config_sections import JUDGE_METRICS
 from ft_assets.phases import text_metrics
 from ft_assets.phases.text_metrics import Choice
 

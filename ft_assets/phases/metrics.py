@@ -36,7 +36,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from ft_assets.config import JUDGE_METRICS, EvaluatorConfig
+from ft_assets.config import EvaluatorConfig
+from ft_assets.config_sections import JUDGE_METRICS
 from ft_assets.errors import FtAssetsError
 from ft_assets.phases import metric_definitions, text_metrics
 from ft_assets.phases.judge import Judge, JudgeUsage, describe_error, judge_cost_usd

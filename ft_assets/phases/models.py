@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ft_assets.cache import exclusive
-from ft_assets.config import EMBEDDED_SMOLLM2, EMBEDDED_TINY, Settings, load_settings
+from ft_assets.config import Settings, load_settings
+from ft_assets.config_sections import EMBEDDED_SMOLLM2, EMBEDDED_TINY
 from ft_assets.errors import FtAssetsError
 from ft_assets.phases.io import atomic_directory, sha256_tree, write_json
 from ft_assets.secrets import hf_token

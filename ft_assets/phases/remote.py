@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ft_assets.config import Settings, build_settings
-from ft_assets.config_env import settings_as_data
+from ft_assets.config import Settings, build_settings, settings_as_data
 from ft_assets.phases.models import ResolvedModel
 from ft_assets.phases.progress import InferenceProgress, training_progress
 from ft_assets.phases.system_prompt import SystemPrompt, inference_columns

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ft_assets.config import DatasetColumns, InferencerConfig, Settings
+from ft_assets.config import InferencerConfig, Settings
+from ft_assets.config_sections import DatasetColumns
 from ft_assets.phases.models import MODEL_INFO_FILE
 
 #: The key of ``ft_assets_model.json`` that holds the trained system prompt.

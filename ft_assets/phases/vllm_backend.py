@@ -29,14 +29,14 @@ from typing import Any
 
 from ft_assets.config import InferencerConfig
 from ft_assets.phases.datasets import Example
-from ft_assets.phases.generation import (
+from ft_assets.phases.models import ModelError, detect_device
+from ft_assets.phases.prompts import (
     adapter_base_path,
     encode_prompts,
     eos_token_ids,
     inference_tokenizer,
     output_row,
 )
-from ft_assets.phases.models import ModelError, detect_device
 
 
 def _import_vllm() -> Any:

@@ -17,25 +17,19 @@ inferencer.max_new_tokens = [32, 64] # another section: `inferencer.<key>` (or a
 
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ft_assets.config_sections import FineTunerConfig, InferencerConfig, did_you_mean
 
 #: The sections a grid may address; a bare key belongs to the first.
 SWEEPABLE_SECTIONS = ("fine_tuner", "inferencer")
 
 
 def _section_model(section: str) -> type[BaseModel]:
-    from ft_assets.config import FineTunerConfig, InferencerConfig
-
     return {"fine_tuner": FineTunerConfig, "inferencer": InferencerConfig}[section]
-
-
-def _hint(name: str, choices: Any) -> str:
-    match = difflib.get_close_matches(name, list(choices), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def grid_dimensions(grid: dict[str, Any]) -> list[tuple[str, str, list[Any]]]:
@@ -47,7 +41,7 @@ def grid_dimensions(grid: dict[str, Any]) -> list[tuple[str, str, list[Any]]]:
         if isinstance(value, dict):
             if name not in SWEEPABLE_SECTIONS:
                 raise ValueError(
-                    f"unknown section {name!r}{_hint(name, SWEEPABLE_SECTIONS)}; a grid sweeps "
+                    f"unknown section {name!r}{did_you_mean(name, SWEEPABLE_SECTIONS)}; a grid sweeps "
                     f"{' and '.join(f'[{s}]' for s in SWEEPABLE_SECTIONS)} keys"
                 )
             entries.extend((name, key, values) for key, values in value.items())
@@ -59,7 +53,9 @@ def grid_dimensions(grid: dict[str, Any]) -> list[tuple[str, str, list[Any]]]:
         where = key if section == SWEEPABLE_SECTIONS[0] else f"{section}.{key}"
         model = _section_model(section)
         if key not in model.model_fields:
-            raise ValueError(f"unknown key {where!r}: not a [{section}] key{_hint(key, model.model_fields)}")
+            raise ValueError(
+                f"unknown key {where!r}: not a [{section}] key{did_you_mean(key, model.model_fields)}"
+            )
         if (section, key) in seen:
             raise ValueError(f"{where!r} is listed twice (as {key!r} and as 'fine_tuner.{key}')")
         seen.add((section, key))

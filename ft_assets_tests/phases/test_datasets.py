@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ft_assets.config import DatasetColumns
+from ft_assets.config_sections import DatasetColumns
 from ft_assets.phases import datasets as ds
 from ft_assets.phases.dataset_files import data_version
 from ft_assets.phases.datasets import (

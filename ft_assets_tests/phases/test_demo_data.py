@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ft_assets.config import PROJECT_ROOT, DatasetColumns
+from ft_assets.config import PROJECT_ROOT
+from ft_assets.config_sections import DatasetColumns
 from ft_assets.phases.datasets import load_dataset
 
 GENERATOR = PROJECT_ROOT / "data" / "generate_demo.py"

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ft_assets.config import EvaluatorConfig, JudgeConfig
+from ft_assets.config import EvaluatorConfig
+from ft_assets.config_sections import JudgeConfig
 from ft_assets.phases.metric_definitions import describe_metrics, judge_prompt_version
 from ft_assets.phases.metrics import score_rows
 from ft_assets_tests.openai_stub import _last_json_after, openai_stub  # noqa: F401  (pytest fixture)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from ft_assets.config import DatasetColumns
+from ft_assets.config_sections import DatasetColumns
 from ft_assets.phases.datasets import load_dataset
 from ft_assets.phases.label_masks import (
     IGNORE_INDEX,

@@ -13,7 +13,8 @@ import sacrebleu
 from rapidfuzz.distance import Levenshtein
 from rouge_score import rouge_scorer, tokenizers
 
-from ft_assets.config import OFFLINE_METRICS, EvaluatorConfig
+from ft_assets.config import EvaluatorConfig
+from ft_assets.config_sections import OFFLINE_METRICS
 from ft_assets.phases.metric_definitions import corpus_scores
 from ft_assets.phases.metrics import score_rows
 from ft_assets.phases.text_metrics import UnicodeWordTokenizer

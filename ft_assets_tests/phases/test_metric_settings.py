@@ -9,7 +9,8 @@ import string
 
 import pytest
 
-from ft_assets.config import OFFLINE_METRICS, ConfigError, EvaluatorConfig, build_settings
+from ft_assets.config import ConfigError, EvaluatorConfig, build_settings
+from ft_assets.config_sections import OFFLINE_METRICS
 from ft_assets.phases.metric_definitions import describe_metrics
 from ft_assets.phases.metrics import MetricsError, preflight, score_rows
 

@@ -14,7 +14,8 @@ import sacrebleu
 from rapidfuzz.distance import Levenshtein
 from rouge_score import rouge_scorer
 
-from ft_assets.config import JUDGE_METRICS, EvaluatorConfig, JudgeConfig
+from ft_assets.config import EvaluatorConfig
+from ft_assets.config_sections import JUDGE_METRICS, JudgeConfig
 from ft_assets.phases.metrics import (
     MetricScores,
     MetricsError,

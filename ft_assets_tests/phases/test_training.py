@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 from transformers import TrainerCallback
 
-from ft_assets.config import DatasetColumns, InferencerConfig, Settings, load_settings
+from ft_assets.config import InferencerConfig, Settings, load_settings
+from ft_assets.config_sections import DatasetColumns
 from ft_assets.phases.checkpoints import (
     checkpoint_root,
     last_checkpoint,

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from ft_assets.config import EMBEDDED_TINY, ConfigError, load_settings
+from ft_assets.config import ConfigError, load_settings
+from ft_assets.config_sections import EMBEDDED_TINY
 from ft_assets.errors import FtAssetsError
 from ft_assets.phases.datasets import DatasetError
 from ft_assets.phases.metrics import MetricsError

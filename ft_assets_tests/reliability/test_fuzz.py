@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ft_assets import secrets
-from ft_assets.config import ConfigError, DatasetColumns, Settings, build_settings, load_settings
-from ft_assets.config_env import settings_as_data
+from ft_assets.config import ConfigError, Settings, build_settings, load_settings, settings_as_data
+from ft_assets.config_sections import DatasetColumns
 from ft_assets.errors import FtAssetsError
 from ft_assets.phases.datasets import DatasetError, load_dataset
 from ft_assets.phases.metrics import MetricScores
