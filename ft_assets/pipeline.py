@@ -41,7 +41,7 @@ from ft_assets.preflight import PreflightReport, preflight
 from ft_assets.resources.settings import PipelineSettings, default_config_path
 from ft_assets.resources.tracking import MlflowTracking
 from ft_assets.secrets import redact
-from ft_assets.tracking import TrackingOptions, check_reachable
+from ft_assets.tracking_options import TrackingOptions, check_reachable
 
 #: Dagster run tag naming the phases a run executed (``finetuning,inference``).
 PHASES_TAG = "ft_assets/phases"

@@ -54,7 +54,7 @@ from ft_assets.phases.models import (
 from ft_assets.phases.system_prompt import preflight_warnings as system_prompt_warnings
 from ft_assets.phases.training_recipe import recipe_warnings
 from ft_assets.secrets import hf_token, strip_credentials
-from ft_assets.tracking import TrackingOptions, TrackingUnavailableError, check_reachable
+from ft_assets.tracking_options import TrackingOptions, TrackingUnavailableError, check_reachable
 
 #: The phases a run can select, in pipeline order (the CLI's and FineTunePipeline's phase names).
 PIPELINE_PHASES = ("finetuning", "inference", "evaluation")

@@ -27,12 +27,8 @@ from ft_assets.cache import default_model_cache_dir
 from ft_assets.config import build_settings, load_settings
 from ft_assets.definitions import defs
 from ft_assets.resources.settings import PipelineSettings
-from ft_assets.tracking import (
-    EXPERIMENT_KIND_TAG,
-    RESOLVED_CONFIG_ARTIFACT,
-    TRAINING_EXPERIMENT_KIND,
-    resolved_config_toml,
-)
+from ft_assets.tracking_options import EXPERIMENT_KIND_TAG, RESOLVED_CONFIG_ARTIFACT, TRAINING_EXPERIMENT_KIND
+from ft_assets.tracking_store import resolved_config_toml
 from ft_assets_tests.helpers import pipeline_resources
 
 DEMO = Path(__file__).resolve().parent.parent / "data" / "demo"

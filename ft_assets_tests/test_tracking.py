@@ -18,15 +18,11 @@ from mlflow.utils.validation import _validate_metric_name, _validate_param_name,
 
 from ft_assets.config import ConfigError, build_settings
 from ft_assets.secrets import SECRET_ENV_VARS, redact, strip_credentials
-from ft_assets.tracking import (
-    OrchestratorRun,
-    TrackingOptions,
-    TrackingUnavailableError,
-    check_reachable,
-    find_or_create_parent,
-    open_phase_run,
-)
+from ft_assets.tracking import open_phase_run
 from ft_assets.tracking_keys import sanitize_metric_name, sanitize_metrics
+from ft_assets.tracking_options import TrackingOptions, TrackingUnavailableError, check_reachable
+from ft_assets.tracking_run import OrchestratorRun
+from ft_assets.tracking_store import find_or_create_parent
 from ft_assets_tests.mlflow_server import MlflowServer, free_port
 
 HOSTILE = {

@@ -38,7 +38,8 @@ from ft_assets.phases.progress import InferenceProgress, training_progress
 from ft_assets.phases.system_prompt import SystemPrompt, inference_columns
 from ft_assets.processes import exit_when_orchestrator_gone
 from ft_assets.secrets import hf_token
-from ft_assets.tracking import LogSink, PhaseRun
+from ft_assets.tracking_options import LogSink
+from ft_assets.tracking_run import PhaseRun
 
 #: The Pipes extra that carries the :class:`PhaseRequest`.
 REQUEST_EXTRA = "ft_assets_phase_request"

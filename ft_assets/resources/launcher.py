@@ -25,7 +25,7 @@ from ft_assets.config import ConfigError
 from ft_assets.phases.remote import REQUEST_EXTRA, VALUE_MESSAGE_KEY, PhaseOutcome, PhaseRequest
 from ft_assets.processes import ORCHESTRATOR_ENV, ProcessIdentity
 from ft_assets.recovery import fail_orphaned_runs
-from ft_assets.tracking import PhaseRun
+from ft_assets.tracking_run import PhaseRun
 
 REMOTE_MODULE = "ft_assets.phases.remote"
 #: Op tags of the GPU assets: under the Celery executor their steps go to the `gpu` queue, which only

@@ -14,13 +14,11 @@ from pydantic import Field
 
 from ft_assets.config import ConfigError, Settings
 from ft_assets.secrets import redact, strip_credentials
-from ft_assets.tracking import (
-    OrchestratorRun,
-    TrackingOptions,
-    mark_parent_failed,
-    open_phase_run,
-)
-from ft_assets.tracking import PhaseRun as _PhaseRun
+from ft_assets.tracking import open_phase_run
+from ft_assets.tracking_options import TrackingOptions
+from ft_assets.tracking_run import OrchestratorRun
+from ft_assets.tracking_run import PhaseRun as _PhaseRun
+from ft_assets.tracking_store import mark_parent_failed
 
 #: Dagster run tags through which :data:`mlflow_run_failure_sensor` finds the MLflow parent run.
 DAGSTER_TAG_PARENT_RUN = "ft_assets/mlflow_parent_run_id"

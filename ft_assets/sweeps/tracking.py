@@ -16,18 +16,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ft_assets.secrets import redact
 from ft_assets.sweeps.candidates import Candidate, SweepPlan
-from ft_assets.tracking import (
-    LogSink,
-    TrackingOptions,
-    _client,
-    _experiment_id,
-    _log_metrics,
-    _log_params,
-    _set_tags,
-    check_reachable,
+from ft_assets.tracking_options import LogSink, TrackingOptions, check_reachable
+from ft_assets.tracking_store import (
+    client_for,
+    ensure_experiment,
     find_or_create_parent,
-    redact,
+    store_metrics,
+    store_params,
+    store_tags,
 )
 
 TAG_SWEEP_ID = "ft_assets.sweep_id"
@@ -52,8 +50,8 @@ def _optional(options: TrackingOptions, what: str, log: LogSink) -> Iterator[Non
 def _sweep_run(options: TrackingOptions, plan: SweepPlan, log: LogSink) -> tuple[Any, str, str]:
     """A client of the store, the experiment id and the sweep's run id (found, or created)."""
     check_reachable(options.tracking_uri, options.source("tracking_uri"))
-    client = _client(options.tracking_uri)
-    experiment_id = _experiment_id(
+    client = client_for(options.tracking_uri)
+    experiment_id = ensure_experiment(
         client, options.tracking_uri, options.experiment_name, options.source("experiment_name")
     )
     run = find_or_create_parent(
@@ -71,7 +69,7 @@ def _sweep_run(options: TrackingOptions, plan: SweepPlan, log: LogSink) -> tuple
         "sweep_keys": ",".join(keys),
         "sweep_names": ",".join(plan.names),
     }
-    _log_params(client, run.info.run_id, params, log)
+    store_params(client, run.info.run_id, params, log)
     return client, experiment_id, str(run.info.run_id)
 
 
@@ -97,7 +95,7 @@ def candidate_run(
             role=ROLE_CANDIDATE,
         )
         params = {f"sweep.{key}": value for key, value in candidate.params.items()}
-        _log_params(client, run.info.run_id, {"candidate": candidate.name, **params}, log)
+        store_params(client, run.info.run_id, {"candidate": candidate.name, **params}, log)
         return str(run.info.run_id)
     return None
 
@@ -113,9 +111,9 @@ def record_leaderboard(
         for path in files:
             client.log_artifact(run_id, str(path))
         winner = next((row for row in board["candidates"] if row["candidate"] == board["winner"]), None)
-        _set_tags(client, run_id, {TAG_WINNER: board["winner"] or "none", "sweep_rule": board["rule"]})
+        store_tags(client, run_id, {TAG_WINNER: board["winner"] or "none", "sweep_rule": board["rule"]})
         if winner is not None:
-            _log_metrics(client, run_id, {f"winner_{board['primary_metric']}": winner["mean"]}, None)
+            store_metrics(client, run_id, {f"winner_{board['primary_metric']}": winner["mean"]}, None)
         client.set_terminated(run_id, "FINISHED")
         return run_id
     return None
@@ -132,4 +130,4 @@ def log_candidate_metrics(
         "train_seconds": cost["train_seconds"],
     }
     with _optional(options, f"the training cost of run {run_id}", log):
-        _log_metrics(_client(options.tracking_uri), run_id, values, None)
+        store_metrics(client_for(options.tracking_uri), run_id, values, None)

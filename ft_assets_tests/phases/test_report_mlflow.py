@@ -18,8 +18,8 @@ from ft_assets.phases.report_mlflow import (
     per_sample_table,
 )
 from ft_assets.phases.reports import write_report
-from ft_assets.tracking import PhaseRun
 from ft_assets.tracking_keys import is_valid_key
+from ft_assets.tracking_run import PhaseRun
 
 NAN = math.nan
 

@@ -24,7 +24,7 @@ from ft_assets.phases.metrics import MetricsError
 from ft_assets.phases.models import ModelError, ResolvedModel
 from ft_assets.preflight import PREFLIGHT_ERRORS, embedded_model_dir, preflight
 from ft_assets.secrets import SECRET_ENV_VARS
-from ft_assets.tracking import TrackingUnavailableError
+from ft_assets.tracking_options import TrackingUnavailableError
 from ft_assets_tests.mlflow_server import free_port
 
 #: A refusal must come well before any training could have started (generous: the machine may be busy).

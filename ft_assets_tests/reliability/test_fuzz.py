@@ -28,7 +28,7 @@ from ft_assets.phases.datasets import DatasetError, load_dataset
 from ft_assets.phases.metrics import MetricScores
 from ft_assets.phases.reports import write_report
 from ft_assets.secrets import redact
-from ft_assets.tracking import TrackingOptions
+from ft_assets.tracking_options import TrackingOptions
 
 FUZZ = settings(
     max_examples=200,

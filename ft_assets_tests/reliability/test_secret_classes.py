@@ -26,8 +26,10 @@ from ft_assets.preflight import preflight
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import DAGSTER_TAG_TRACKING_URI, _tag_dagster_run
 from ft_assets.secrets import SecretFoundError, is_secret_name, redact
-from ft_assets.tracking import OrchestratorRun, PhaseRun, TrackingOptions, open_phase_run
+from ft_assets.tracking import open_phase_run
 from ft_assets.tracking_keys import TAG_KEY_COLLISIONS
+from ft_assets.tracking_options import TrackingOptions
+from ft_assets.tracking_run import OrchestratorRun, PhaseRun
 from ft_assets_tests.reliability.support import fresh_store
 
 DB_PASSWORD = "FAKEdbPW-5f1e9c3a7b"

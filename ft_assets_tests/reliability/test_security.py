@@ -174,7 +174,9 @@ def test_mlflow_artifacts_stay_in_their_folder_whatever_the_experiment_name(
     from mlflow import MlflowClient
 
     from ft_assets.config import ConfigError
-    from ft_assets.tracking import OrchestratorRun, TrackingOptions, open_phase_run
+    from ft_assets.tracking import open_phase_run
+    from ft_assets.tracking_options import TrackingOptions
+    from ft_assets.tracking_run import OrchestratorRun
 
     settings = load_settings(write_config({"mlflow": {"experiment_name": experiment_name}}))
     fresh_store(mlflow_store_template, tmp_path)

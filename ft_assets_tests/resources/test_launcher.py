@@ -19,7 +19,7 @@ from ft_assets.definitions import defs
 from ft_assets.phases.models import ResolvedModel
 from ft_assets.phases.remote import REQUEST_EXTRA, PhaseRequest
 from ft_assets.resources.launcher import ComputeLauncher, SecretEnv
-from ft_assets.tracking import PhaseRun
+from ft_assets.tracking_run import PhaseRun
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 SECRETS = {

@@ -22,7 +22,7 @@ from ft_assets.resources.tracking import (
     mlflow_run_failure_sensor,
 )
 from ft_assets.secrets import SECRET_ENV_VARS
-from ft_assets.tracking import TrackingUnavailableError
+from ft_assets.tracking_options import TrackingUnavailableError
 from ft_assets_tests.mlflow_server import MlflowServer, free_port
 
 ASSET_PHASES = {
