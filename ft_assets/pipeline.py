@@ -37,7 +37,8 @@ from ft_assets.definitions import defs
 from ft_assets.errors import FtAssetsError
 from ft_assets.jobs import PHASE_GROUPS, PHASES, fine_tune_pipeline, observing_datasets
 from ft_assets.phase_plan import plan_phases
-from ft_assets.preflight import PreflightReport, preflight
+from ft_assets.phases.preflight_report import PreflightReport
+from ft_assets.preflight import preflight
 from ft_assets.resources.settings import PipelineSettings, default_config_path
 from ft_assets.resources.tracking import MlflowTracking
 from ft_assets.secrets import redact

@@ -239,24 +239,46 @@ def model_content_hash(path: Path) -> str:
     return digest
 
 
+#: Each embedded model: its folder under the model cache and its source label.
+_EMBEDDED = {
+    EMBEDDED_SMOLLM2: ("smollm2-135m-instruct", "embedded-gguf"),
+    EMBEDDED_TINY: (f"tiny-llama-{TINY_MODEL_RECIPE}", "embedded-tiny"),
+}
+
+
+def embedded_model_dir(model_id: str, cache_dir: Path) -> Path:
+    """Where an embedded model (``embedded:...``) is cached, built on first use."""
+    if model_id not in _EMBEDDED:
+        raise ModelError(
+            f"[fine_tuner] base_model_id = {model_id!r} is not an embedded model; known: {sorted(_EMBEDDED)}"
+        )
+    return cache_dir / _EMBEDDED[model_id][0]
+
+
+def local_model_path(model_id: str, base_dir: Path) -> Path:
+    """``base_model_id`` read as a path (relative ones against the config's folder)."""
+    local = Path(model_id).expanduser()
+    return local if local.is_absolute() else base_dir / local
+
+
+def is_hub_id(model_id: str, local: Path) -> bool:
+    """Whether ``base_model_id`` names a hub model: it does not exist as ``local`` and does not look like a
+    path (a leading ``.``, ``/`` or ``~``, or more than one ``/``)."""
+    return not (local.exists() or model_id.startswith((".", "/", "~")) or model_id.count("/") > 1)
+
+
 def resolve_base_model(
     model_id: str, *, cache_dir: Path, base_dir: Path, token: str | None = None
 ) -> ResolvedModel:
     """Turn ``base_model_id`` into a local directory: embedded ids, local paths, or hub ids (offline-aware)."""
-    if model_id == EMBEDDED_SMOLLM2:
-        path = _cached(cache_dir / "smollm2-135m-instruct", _convert_smollm2)
-        return ResolvedModel(model_id, path, model_content_hash(path), "embedded-gguf")
-    if model_id == EMBEDDED_TINY:
-        path = _cached(cache_dir / f"tiny-llama-{TINY_MODEL_RECIPE}", build_tiny_model)
-        return ResolvedModel(model_id, path, model_content_hash(path), "embedded-tiny")
     if model_id.startswith("embedded:"):
-        raise ModelError(
-            f"unknown embedded model {model_id!r}; known: {EMBEDDED_SMOLLM2!r}, {EMBEDDED_TINY!r}"
-        )
-    local = Path(model_id).expanduser()
-    local = local if local.is_absolute() else base_dir / local
-    looks_local = local.exists() or model_id.startswith((".", "/", "~")) or model_id.count("/") > 1
-    if looks_local:
+        folder = embedded_model_dir(model_id, cache_dir)  # refuses an unknown embedded id
+        build = {EMBEDDED_SMOLLM2: _convert_smollm2, EMBEDDED_TINY: build_tiny_model}[model_id]
+        path = _cached(folder, build)
+        source = _EMBEDDED[model_id][1]
+        return ResolvedModel(model_id, path, model_content_hash(path), source)
+    local = local_model_path(model_id, base_dir)
+    if not is_hub_id(model_id, local):
         if not local.is_dir():
             raise ModelError(f"base model path does not exist: {local}")
         if not (local / "config.json").is_file():

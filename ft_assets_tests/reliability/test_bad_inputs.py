@@ -21,8 +21,8 @@ from ft_assets.config_sections import EMBEDDED_TINY
 from ft_assets.errors import FtAssetsError
 from ft_assets.phases.datasets import DatasetError
 from ft_assets.phases.metrics import MetricsError
-from ft_assets.phases.models import ModelError, ResolvedModel
-from ft_assets.preflight import PREFLIGHT_ERRORS, embedded_model_dir, preflight
+from ft_assets.phases.models import ModelError, ResolvedModel, embedded_model_dir
+from ft_assets.preflight import PREFLIGHT_ERRORS, preflight
 from ft_assets.secrets import SECRET_ENV_VARS
 from ft_assets.tracking_options import TrackingUnavailableError
 from ft_assets_tests.mlflow_server import free_port
