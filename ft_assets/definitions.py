@@ -6,9 +6,9 @@ import dagster as dg
 
 from ft_assets.assets import checks, data, evaluation, inference, models
 from ft_assets.automation import dataset_change_sensor
+from ft_assets.execution.launcher import ComputeLauncher
+from ft_assets.execution.recovery import orphaned_run_sensor
 from ft_assets.jobs import ALL_JOBS
-from ft_assets.recovery import orphaned_run_sensor
-from ft_assets.resources.launcher import ComputeLauncher
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import MlflowTracking, mlflow_run_failure_sensor
 from ft_assets.sweeps.assets import SWEEP_ASSETS, SWEEP_JOBS

@@ -81,11 +81,11 @@ def mlflow_server() -> Any:
 
 @pytest.fixture(scope="session")
 def exited_process() -> Any:
-    """The :class:`~ft_assets.processes.ProcessIdentity` of a real process that has since exited."""
+    """The :class:`~ft_assets.execution.processes.ProcessIdentity` of a real process that has since exited."""
     import subprocess
     import sys
 
-    from ft_assets.processes import ProcessIdentity
+    from ft_assets.execution.processes import ProcessIdentity
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.3)"])
     identity = ProcessIdentity.of(child.pid)

@@ -15,9 +15,9 @@ from mlflow.tracking import MlflowClient
 
 from ft_assets import definitions as code_location
 from ft_assets.assets.common import PREFLIGHT_TAG
+from ft_assets.execution.processes import ProcessIdentity
+from ft_assets.execution.recovery import ORCHESTRATOR_TAG
 from ft_assets.jobs import PIPELINE_ASSETS
-from ft_assets.processes import ProcessIdentity
-from ft_assets.recovery import ORCHESTRATOR_TAG
 from ft_assets_tests.helpers import pipeline_resources
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -14,8 +14,8 @@ import dagster as dg
 from mlflow.tracking import MlflowClient
 
 from ft_assets.definitions import defs
+from ft_assets.execution.launcher import ComputeLauncher
 from ft_assets.phases.checkpoints import lock_path
-from ft_assets.resources.launcher import ComputeLauncher
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import MlflowTracking
 

@@ -6,10 +6,10 @@ import dagster as dg
 
 from ft_assets.assets.common import PHASE_CODE_VERSION, preflight_run, run_output_dir
 from ft_assets.assets.data import training_dataset, validation_dataset
+from ft_assets.execution.launcher import GPU_STEP_TAGS, ComputeLauncher
+from ft_assets.execution.phase import PhaseRequest
+from ft_assets.execution.recovery import record_orchestrator
 from ft_assets.phases.models import ResolvedModel
-from ft_assets.phases.remote import PhaseRequest
-from ft_assets.recovery import record_orchestrator
-from ft_assets.resources.launcher import GPU_STEP_TAGS, ComputeLauncher
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import MlflowTracking
 from ft_assets.secrets import hf_token

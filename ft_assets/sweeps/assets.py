@@ -35,10 +35,10 @@ from ft_assets.assets.common import PHASE_CODE_VERSION, PREFLIGHT_TAG, run_outpu
 from ft_assets.assets.data import evaluation_dataset, training_dataset, validation_dataset
 from ft_assets.config import Settings, deep_merge
 from ft_assets.errors import FtAssetsError
+from ft_assets.execution.launcher import GPU_STEP_TAGS, ComputeLauncher
 from ft_assets.jobs import PHASES, SWEEP_GROUP
 from ft_assets.phases.io import write_json
 from ft_assets.phases.models import ResolvedModel
-from ft_assets.resources.launcher import GPU_STEP_TAGS, ComputeLauncher
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import MlflowTracking
 from ft_assets.sweeps.candidates import Candidate, SweepPlan, plan_sweep, settings_fingerprint

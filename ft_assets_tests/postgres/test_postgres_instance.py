@@ -18,7 +18,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from ft_assets.resources.launcher import ComputeLauncher
+from ft_assets.execution.launcher import ComputeLauncher
 from ft_assets_tests.postgres.conftest import Postgres
 from ft_assets_tests.test_scaling import run_chain
 

@@ -29,10 +29,10 @@ from ft_assets.assets.data import evaluation_dataset
 from ft_assets.assets.evaluation import evaluation_report
 from ft_assets.config import load_settings
 from ft_assets.definitions import defs
+from ft_assets.execution.recovery import ORCHESTRATOR_TAG, ProcessIdentity
 from ft_assets.phases.checkpoints import last_checkpoint
 from ft_assets.phases.models import ResolvedModel
 from ft_assets.preflight import preflight
-from ft_assets.recovery import ORCHESTRATOR_TAG, ProcessIdentity
 from ft_assets_tests.helpers import pipeline_resources
 from ft_assets_tests.mlflow_server import MlflowServer, start_mlflow_server
 from ft_assets_tests.openai_stub import openai_stub  # noqa: F401  (pytest fixture)
@@ -275,7 +275,7 @@ def test_a_phase_subprocess_stops_when_its_orchestrator_alone_is_killed(
             phases[:] = [
                 child
                 for child in psutil.Process(job.pid).children(recursive=True)
-                if "ft_assets.phases.remote" in " ".join(child.cmdline())
+                if "ft_assets.execution.phase" in " ".join(child.cmdline())
             ]
             # past its imports and into loading the model or training
             return bool(phases) and sum(phases[0].cpu_times()[:2]) > 8

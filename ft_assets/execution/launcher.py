@@ -2,7 +2,7 @@
 under ``accelerate launch`` or ``torchrun`` for DDP/FSDP), or in a Kubernetes pod; the last two through
 Dagster Pipes.
 
-Whatever the mode, the phase runs :func:`ft_assets.phases.remote.execute`, logs into the MLflow child run the
+Whatever the mode, the phase runs :func:`ft_assets.execution.phase.execute`, logs into the MLflow child run the
 asset opened, and the asset gets the same value, metadata and data version back. Secrets reach an external
 process only as environment variables: inherited by a subprocess, ``secretKeyRef`` entries in a pod spec.
 """
@@ -22,12 +22,12 @@ import dagster as dg
 from pydantic import Field
 
 from ft_assets.config import ConfigError
-from ft_assets.phases.remote import REQUEST_EXTRA, VALUE_MESSAGE_KEY, PhaseOutcome, PhaseRequest
-from ft_assets.processes import ORCHESTRATOR_ENV, ProcessIdentity
-from ft_assets.recovery import fail_orphaned_runs
+from ft_assets.execution.phase import REQUEST_EXTRA, VALUE_MESSAGE_KEY, PhaseOutcome, PhaseRequest
+from ft_assets.execution.processes import ORCHESTRATOR_ENV, ProcessIdentity
+from ft_assets.execution.recovery import fail_orphaned_runs
 from ft_assets.tracking_run import PhaseRun
 
-REMOTE_MODULE = "ft_assets.phases.remote"
+REMOTE_MODULE = "ft_assets.execution.phase"
 #: Op tags of the GPU assets: under the Celery executor their steps go to the `gpu` queue, which only
 #: workers on GPU machines serve (deploy/celery/celery-executor.yaml). Other executors ignore the tag.
 GPU_STEP_TAGS = {"dagster-celery/queue": "gpu"}
@@ -81,7 +81,7 @@ class ComputeLauncher(dg.ConfigurableResource):
     """How the GPU phases (``fine_tuned_model``, ``inference_results``, ``base_inference_results``) run.
 
     * ``in_process`` (default): in the Dagster step's own process.
-    * ``subprocess``: ``python -m ft_assets.phases.remote`` through ``PipesSubprocessClient``; fine-tuning
+    * ``subprocess``: ``python -m ft_assets.execution.phase`` through ``PipesSubprocessClient``; fine-tuning
       runs under ``launcher`` (``accelerate launch`` / ``torchrun`` with ``num_processes`` processes, for
       DDP or FSDP via ``extra_args``). Inference always runs as one process.
     * ``kubernetes``: the same command in a pod through ``PipesK8sClient`` (image, namespace, GPU limits,
@@ -129,7 +129,7 @@ class ComputeLauncher(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """A run with GPU steps is starting: first release the pool slots of runs whose process was killed,
-        which would otherwise block its GPU steps for good (:mod:`ft_assets.recovery`)."""
+        which would otherwise block its GPU steps for good (:mod:`ft_assets.execution.recovery`)."""
         if context.instance is not None:
             fail_orphaned_runs(context.instance, context.log.warning if context.log else None)
 
@@ -164,7 +164,7 @@ class ComputeLauncher(dg.ConfigurableResource):
     ) -> PhaseResult:
         """Run ``request`` where this resource says, logging into ``run`` (the phase's MLflow child run)."""
         if self.mode == "in_process":
-            from ft_assets.phases.remote import execute
+            from ft_assets.execution.phase import execute
 
             return _result(execute(request, run, context.log))
         extras = {REQUEST_EXTRA: request.to_json()}

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import dagster as dg
 
-from ft_assets.processes import ProcessIdentity
+from ft_assets.execution.processes import ProcessIdentity
 
 #: Run tag: ``<host>/<pid>/<process start time>`` of the process that orchestrates the run.
 ORCHESTRATOR_TAG = "ft_assets/orchestrator"

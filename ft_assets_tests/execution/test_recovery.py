@@ -15,11 +15,16 @@ import pytest
 import yaml
 from dagster._core.utils import make_new_run_id
 
-from ft_assets.processes import ProcessIdentity
-from ft_assets.recovery import ORCHESTRATOR_TAG, fail_orphaned_runs, orphaned_run_sensor, record_orchestrator
-from ft_assets.resources.launcher import ComputeLauncher
+from ft_assets.execution.launcher import ComputeLauncher
+from ft_assets.execution.processes import ProcessIdentity
+from ft_assets.execution.recovery import (
+    ORCHESTRATOR_TAG,
+    fail_orphaned_runs,
+    orphaned_run_sensor,
+    record_orchestrator,
+)
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 POOL = "gpu"
 
 

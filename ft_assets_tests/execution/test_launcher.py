@@ -16,9 +16,9 @@ from dagster_pipes import decode_param
 
 from ft_assets.config import ConfigError, load_settings
 from ft_assets.definitions import defs
+from ft_assets.execution.launcher import ComputeLauncher, SecretEnv
+from ft_assets.execution.phase import REQUEST_EXTRA, PhaseRequest
 from ft_assets.phases.models import ResolvedModel
-from ft_assets.phases.remote import REQUEST_EXTRA, PhaseRequest
-from ft_assets.resources.launcher import ComputeLauncher, SecretEnv
 from ft_assets.tracking_run import PhaseRun
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -46,7 +46,7 @@ def _request(write_config: Any, shared: Path, **mlflow: str) -> PhaseRequest:
 @pytest.mark.parametrize(
     ("launcher", "phase", "expected"),
     [
-        (ComputeLauncher(), "finetuning", ["-m", "ft_assets.phases.remote"]),
+        (ComputeLauncher(), "finetuning", ["-m", "ft_assets.execution.phase"]),
         (
             ComputeLauncher(launcher="torchrun", num_processes=4),
             "finetuning",
@@ -57,14 +57,14 @@ def _request(write_config: Any, shared: Path, **mlflow: str) -> PhaseRequest:
                 "--nproc_per_node",
                 "4",
                 "-m",
-                "ft_assets.phases.remote",
+                "ft_assets.execution.phase",
             ],
         ),
         # inference is one process whatever launches fine-tuning
         (
             ComputeLauncher(launcher="torchrun", num_processes=4),
             "inference",
-            ["-m", "ft_assets.phases.remote"],
+            ["-m", "ft_assets.execution.phase"],
         ),
     ],
 )
@@ -75,7 +75,7 @@ def test_commands(launcher: ComputeLauncher, phase: str, expected: list[str]) ->
 def test_accelerate_commands() -> None:
     ddp = ComputeLauncher(launcher="accelerate", num_processes=2).command("finetuning")
     assert ddp[1:5] == ["-m", "accelerate.commands.launch", "--num_processes", "2"]
-    assert "--multi_gpu" in ddp and ddp[-2:] == ["-m", "ft_assets.phases.remote"]
+    assert "--multi_gpu" in ddp and ddp[-2:] == ["-m", "ft_assets.execution.phase"]
     port = ddp[ddp.index("--main_process_port") + 1]
     assert port.isdigit() and int(port) > 0  # a free port, not the shared default 29500
     fsdp = ComputeLauncher(launcher="accelerate", num_processes=2, extra_args=["--use_fsdp"]).command(
@@ -193,7 +193,7 @@ def test_kubernetes_pod_spec(write_config: Any, tmp_path: Path, monkeypatch: pyt
     assert container.image == "registry.example.com/ft-assets:1.4.0"
     assert container.command == [
         "python", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "ft_assets.phases.remote",
+        "-m", "ft_assets.execution.phase",
     ]  # fmt: skip
     assert container.resources.limits == {"nvidia.com/gpu": "2", "cpu": "16", "memory": "120Gi"}
     assert container.resources.requests == container.resources.limits
@@ -285,7 +285,7 @@ def test_k8s_executor_example_is_valid_run_config() -> None:
 
 
 def test_gpu_assets_keep_the_gpu_pool_whatever_the_launcher() -> None:
-    from ft_assets.resources.launcher import GPU_STEP_TAGS
+    from ft_assets.execution.launcher import GPU_STEP_TAGS
 
     for key in ("fine_tuned_model", "inference_results", "base_inference_results"):
         assets_def = defs.get_assets_def(key)

@@ -6,13 +6,13 @@ are the same whatever the launcher:
 
 * in process, the Dagster step calls :func:`execute` with the :class:`~ft_assets.tracking.PhaseRun` it
   opened;
-* externally, ``python -m ft_assets.phases.remote`` (under plain python, ``accelerate launch`` or
+* externally, ``python -m ft_assets.execution.phase`` (under plain python, ``accelerate launch`` or
   ``torchrun``, locally or in a Kubernetes pod) reads its :class:`PhaseRequest` from the Pipes context
   extras, attaches to the child run named by ``MLFLOW_RUN_ID`` (see ``PhaseRun.subprocess_env``), runs
   :func:`execute`, and reports back through Pipes: metadata and data version with
   ``report_asset_materialization``, the asset's value with ``report_custom_message``, progress with ``log``.
   Launched as a local subprocess, it stops when the process that launched it is gone
-  (:mod:`ft_assets.processes`).
+  (:mod:`ft_assets.execution.processes`).
 
 Secrets (``HF_TOKEN``, ``OPENAI_API_KEY``, ``MLFLOW_TRACKING_PASSWORD``) are read from the environment
 here; a request never carries them. In process the phase gets the settings object itself; across processes
@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from ft_assets.config import Settings, build_settings, settings_as_data
+from ft_assets.execution.processes import exit_when_orchestrator_gone
 from ft_assets.phases.models import ResolvedModel
 from ft_assets.phases.progress import InferenceProgress, training_progress
 from ft_assets.phases.system_prompt import SystemPrompt, inference_columns
-from ft_assets.processes import exit_when_orchestrator_gone
 from ft_assets.secrets import hf_token
 from ft_assets.tracking_options import LogSink
 from ft_assets.tracking_run import PhaseRun
@@ -357,7 +357,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not PipesEnvVarParamsLoader().is_dagster_pipes_process():
         raise SystemExit(
-            "ft_assets.phases.remote runs phases launched by the ComputeLauncher resource through Dagster "
+            "ft_assets.execution.phase runs phases launched by the ComputeLauncher resource through Dagster "
             "Pipes; to run a phase alone use python -m ft_assets.phases.training or "
             "python -m ft_assets.phases.generation"
         )

@@ -15,19 +15,19 @@ from pathlib import Path
 
 import psutil
 
-from ft_assets.processes import (
+from ft_assets.execution.processes import (
     ORCHESTRATOR_ENV,
     ProcessIdentity,
     exit_when_orchestrator_gone,
     watch,
 )
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 #: A launcher that starts a watching child (stderr to a file), prints the child's pid, and waits for it.
 LAUNCHER = f"""
 import os, subprocess, sys
 sys.path.insert(0, {str(PROJECT_ROOT)!r})
-from ft_assets.processes import ORCHESTRATOR_ENV, ProcessIdentity
+from ft_assets.execution.processes import ORCHESTRATOR_ENV, ProcessIdentity
 env = {{**os.environ, ORCHESTRATOR_ENV: ProcessIdentity.of(os.getpid()).encode()}}
 with open(sys.argv[2], "w") as log:
     child = subprocess.Popen([sys.executable, "-c", sys.argv[1]], env=env, stderr=log)
@@ -38,7 +38,7 @@ child.wait()
 PHASE = f"""
 import logging, sys, time
 sys.path.insert(0, {str(PROJECT_ROOT)!r})
-from ft_assets.processes import exit_when_orchestrator_gone
+from ft_assets.execution.processes import exit_when_orchestrator_gone
 logging.basicConfig()
 assert exit_when_orchestrator_gone(interval_s=0.2) is not None
 time.sleep(120)
