@@ -203,6 +203,20 @@ class PhaseRun:
             return info.model_uri
         return None
 
+    def register_model(self, model_uri: str, registered_model_name: str, alias: str) -> str:
+        """Register ``model_uri`` as a new version of ``registered_model_name`` and point ``alias`` at it;
+        returns the version. A failure raises even with ``[mlflow] required = false``: registering is the
+        point of the promotion phase, not a side record of it."""
+        import mlflow
+
+        active = mlflow.active_run()
+        if not self.enabled or active is None or active.info.run_id != self.run_id:
+            raise RuntimeError("register_model needs its tracked phase_run block, in the same thread")
+        version = str(mlflow.register_model(model_uri, registered_model_name).version)
+        assert self._client is not None
+        self._client.set_registered_model_alias(registered_model_name, alias, version)
+        return version
+
     def set_registry_alias(self, registered_model_name: str, version: str | int, alias: str) -> None:
         """Point registry alias ``alias`` (e.g. ``champion``) at ``version`` of a registered model."""
         if self.enabled:

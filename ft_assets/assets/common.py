@@ -2,6 +2,7 @@
 the environment."""
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -17,17 +18,29 @@ PHASE_CODE_VERSION = "1"
 PREFLIGHT_TAG = "ft_assets/preflight"
 
 
-def run_phases(context: dg.AssetExecutionContext) -> list[str]:
+#: Which pipeline phase an asset belongs to (None: none); by default, its asset group's phase.
+PhaseOf = Callable[[dg.AssetKey], str | None]
+
+
+def run_phases(context: dg.AssetExecutionContext, phase_of: PhaseOf | None = None) -> list[str]:
     """The pipeline phases whose assets this run materializes, in pipeline order."""
     layer = context.job_def.asset_layer
     keys = set(layer.selected_asset_keys)
     if context.run.asset_selection:  # empty when the run is not a subset of its job
         keys &= context.run.asset_selection
-    groups = {layer.asset_graph.get(key).group_name for key in keys}
-    return [phase for phase, group in PHASE_GROUPS.items() if group in groups]
+    group_phase = {group: phase for phase, group in PHASE_GROUPS.items()}
+    phases = {
+        phase_of(key) if phase_of else group_phase.get(layer.asset_graph.get(key).group_name) for key in keys
+    }
+    return [phase for phase in PHASE_GROUPS if phase in phases]
 
 
-def preflight_run(context: dg.AssetExecutionContext, settings: Settings, mlflow: MlflowTracking) -> None:
+def preflight_run(
+    context: dg.AssetExecutionContext,
+    settings: Settings,
+    mlflow: MlflowTracking,
+    phase_of: PhaseOf | None = None,
+) -> None:
     """Preflight (:func:`ft_assets.preflight.preflight`) every phase of this run not checked yet.
 
     The first phase asset of a run checks them all, so a bad evaluation config stops the run before hours
@@ -39,7 +52,7 @@ def preflight_run(context: dg.AssetExecutionContext, settings: Settings, mlflow:
     instance, run_id = context.instance, context.run.run_id
     run = instance.get_run_by_id(run_id)
     checked = set((run.tags.get(PREFLIGHT_TAG, "") if run else "").split(","))
-    pending = [phase for phase in run_phases(context) if phase not in checked]
+    pending = [phase for phase in run_phases(context, phase_of) if phase not in checked]
     if not pending:
         return
     refuse_skipped_phases(settings.pipeline, pending)

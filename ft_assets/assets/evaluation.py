@@ -27,24 +27,14 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-@dg.asset(
-    group_name="evaluation",
-    deps=[evaluation_dataset],
-    kinds={"mlflow", "excel", "json"},
-    code_version=PHASE_CODE_VERSION,
-    owners=["team:ml-platform"],
-)
-def evaluation_report(
+def score_inference(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
     mlflow: MlflowTracking,
     inference_results: dict[str, Any],
     base_inference_results: dict[str, Any] | None,
 ) -> dg.Output[dict[str, Any]]:
-    """Scores (offline ragas metrics by default, LLM judges when configured) for fine-tuned vs base, with
-    bootstrap intervals for every mean and paired delta, each metric's definition and corpus-level score:
-    a JSON summary, an Excel workbook (Summary, Per-sample, Comparison, chart), MLflow metrics/params and
-    a per-sample MLflow table."""
+    """The ``evaluation_report`` step: a sweep candidate runs it too, with its own settings."""
     from ft_assets.phases.comparison import Bootstrap
     from ft_assets.phases.metric_definitions import corpus_scores, describe_metrics
     from ft_assets.phases.metrics import score_rows
@@ -144,20 +134,34 @@ def evaluation_report(
 
 
 @dg.asset(
-    group_name="evaluation", kinds={"mlflow"}, code_version=PHASE_CODE_VERSION, owners=["team:ml-platform"]
+    group_name="evaluation",
+    deps=[evaluation_dataset],
+    kinds={"mlflow", "excel", "json"},
+    code_version=PHASE_CODE_VERSION,
+    owners=["team:ml-platform"],
 )
-def promoted_model(
+def evaluation_report(
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    mlflow: MlflowTracking,
+    inference_results: dict[str, Any],
+    base_inference_results: dict[str, Any] | None,
+) -> dg.Output[dict[str, Any]]:
+    """Scores (offline ragas metrics by default, LLM judges when configured) for fine-tuned vs base, with
+    bootstrap intervals for every mean and paired delta, each metric's definition and corpus-level score:
+    a JSON summary, an Excel workbook (Summary, Per-sample, Comparison, chart), MLflow metrics/params and
+    a per-sample MLflow table."""
+    return score_inference(context, settings, mlflow, inference_results, base_inference_results)
+
+
+def promote_model(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
     mlflow: MlflowTracking,
     fine_tuned_model: dict[str, Any],
     evaluation_report: dict[str, Any],
 ) -> dg.Output[dict[str, Any]]:
-    """Registers the fine-tuned model in the MLflow model registry and points ``registry_alias`` at it, when
-    ``register_model = true``, the report scored this very model's inference (else it refuses, naming both
-    fingerprints) and the release gates (thresholds, not worse than base, inference complete) pass."""
-    import mlflow as mlflow_api
-
+    """The ``promoted_model`` step: the sweep's winner is promoted by it too."""
     resolved = settings.load()
     config = resolved.evaluator
     if not config.register_model:
@@ -176,8 +180,7 @@ def promoted_model(
             "[evaluator] register_model = true needs the model logged to MLflow ([mlflow] log_model = true)"
         )
     with mlflow.phase_run(context, "promotion", resolved) as run:
-        version = mlflow_api.register_model(model_uri, config.registered_model_name).version
-        run.set_registry_alias(config.registered_model_name, version, config.registry_alias)
+        version = run.register_model(model_uri, config.registered_model_name, config.registry_alias)
         run.set_tags({"registered_model": config.registered_model_name, "registered_version": str(version)})
         metadata = run.dagster_metadata()
     value = {
@@ -187,3 +190,19 @@ def promoted_model(
         "alias": config.registry_alias,
     }
     return dg.Output(value, metadata={**metadata, **value})
+
+
+@dg.asset(
+    group_name="evaluation", kinds={"mlflow"}, code_version=PHASE_CODE_VERSION, owners=["team:ml-platform"]
+)
+def promoted_model(
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    mlflow: MlflowTracking,
+    fine_tuned_model: dict[str, Any],
+    evaluation_report: dict[str, Any],
+) -> dg.Output[dict[str, Any]]:
+    """Registers the fine-tuned model in the MLflow model registry and points ``registry_alias`` at it, when
+    ``register_model = true``, the report scored this very model's inference (else it refuses, naming both
+    fingerprints) and the release gates (thresholds, not worse than base, inference complete) pass."""
+    return promote_model(context, settings, mlflow, fine_tuned_model, evaluation_report)

@@ -58,15 +58,14 @@ _INFERENCE_ASSET: dict[str, Any] = {
 }
 
 
-@dg.asset(**_INFERENCE_ASSET)
-def inference_results(
+def infer_fine_tuned_model(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
     mlflow: MlflowTracking,
     launcher: ComputeLauncher,
     fine_tuned_model: dict[str, Any],
 ) -> dg.Output[dict[str, Any]]:
-    """JSONL of the fine-tuned model's answers on the test split (seed fields + id, token counts, finish reason)."""
+    """The ``inference_results`` step: a sweep candidate runs it too, with its own settings."""
     resolved = settings.load()
     model_dir = Path(fine_tuned_model.get("merged_path") or fine_tuned_model["path"])
     return _run_inference(
@@ -79,6 +78,18 @@ def inference_results(
         model_dir=model_dir,
         model_hash=fine_tuned_model["fingerprint"],
     )
+
+
+@dg.asset(**_INFERENCE_ASSET)
+def inference_results(
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    mlflow: MlflowTracking,
+    launcher: ComputeLauncher,
+    fine_tuned_model: dict[str, Any],
+) -> dg.Output[dict[str, Any]]:
+    """JSONL of the fine-tuned model's answers on the test split (seed fields + id, token counts, finish reason)."""
+    return infer_fine_tuned_model(context, settings, mlflow, launcher, fine_tuned_model)
 
 
 @dg.asset(**_INFERENCE_ASSET)

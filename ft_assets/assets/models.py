@@ -53,6 +53,29 @@ def base_model(
     )
 
 
+def train_fine_tuned_model(
+    context: dg.AssetExecutionContext,
+    settings: PipelineSettings,
+    mlflow: MlflowTracking,
+    launcher: ComputeLauncher,
+    base_model: ResolvedModel,
+) -> dg.Output[dict[str, Any]]:
+    """The ``fine_tuned_model`` step: a sweep candidate runs it too, with its own settings."""
+    record_orchestrator(context)
+    resolved = settings.load()
+    preflight_run(context, resolved, mlflow)
+    request = PhaseRequest.finetuning(
+        resolved,
+        base_model,
+        run_output_dir(resolved, "fine_tuned_model", context),
+        tracking_required=mlflow.options(resolved).required,
+    )
+    with mlflow.phase_run(context, "finetuning", resolved) as run:
+        result = launcher.run_phase(context, request, run)
+        tracking = run.dagster_metadata()
+    return result.output(tracking)
+
+
 @dg.asset(
     group_name="models",
     deps=[training_dataset, validation_dataset],
@@ -75,16 +98,4 @@ def fine_tuned_model(
 
     Resumes from the newest checkpoint when base model, data and training config are unchanged.
     """
-    record_orchestrator(context)
-    resolved = settings.load()
-    preflight_run(context, resolved, mlflow)
-    request = PhaseRequest.finetuning(
-        resolved,
-        base_model,
-        run_output_dir(resolved, "fine_tuned_model", context),
-        tracking_required=mlflow.options(resolved).required,
-    )
-    with mlflow.phase_run(context, "finetuning", resolved) as run:
-        result = launcher.run_phase(context, request, run)
-        tracking = run.dagster_metadata()
-    return result.output(tracking)
+    return train_fine_tuned_model(context, settings, mlflow, launcher, base_model)

@@ -31,12 +31,12 @@ from typing import Any
 import dagster as dg
 
 from ft_assets.assets import evaluation, inference, models
-from ft_assets.assets.common import PHASE_CODE_VERSION, PREFLIGHT_TAG, run_output_dir, secret
+from ft_assets.assets.common import PHASE_CODE_VERSION, preflight_run, run_output_dir, secret
 from ft_assets.assets.data import evaluation_dataset, training_dataset, validation_dataset
 from ft_assets.config import Settings, deep_merge
 from ft_assets.errors import FtAssetsError
 from ft_assets.execution.launcher import GPU_STEP_TAGS, ComputeLauncher
-from ft_assets.jobs import PHASES, SWEEP_GROUP
+from ft_assets.jobs import SWEEP_GROUP
 from ft_assets.phases.io import write_json
 from ft_assets.phases.models import ResolvedModel
 from ft_assets.resources.settings import PipelineSettings
@@ -59,11 +59,6 @@ class SweepError(FtAssetsError, RuntimeError):
     """A sweep cannot be ranked or run as asked; the message names the candidates at fault."""
 
 
-def _compute(asset: dg.AssetsDefinition) -> Callable[..., dg.Output[Any]]:
-    """The pipeline asset's own compute function: a sweep step runs exactly the code that asset runs."""
-    return asset.op.compute_fn.decorated_fn  # type: ignore[union-attr]
-
-
 @dataclass(frozen=True)
 class CandidateRun:
     """One candidate inside a sweep step: its sweep, its settings (as the resource and resolved) and the
@@ -81,11 +76,11 @@ class CandidateRun:
         return settings_fingerprint(self.resolved)
 
     def compute(
-        self, context: dg.AssetExecutionContext, asset: dg.AssetsDefinition, **inputs: Any
+        self, context: dg.AssetExecutionContext, step: Callable[..., dg.Output[Any]], **inputs: Any
     ) -> dg.Output[Any]:
-        """The pipeline ``asset``'s own compute function run for this candidate (its settings, and its MLflow
-        run as the phases' parent), given the asset's other ``inputs``."""
-        return _compute(asset)(context, settings=self.settings, mlflow=self.mlflow, **inputs)
+        """A pipeline asset's own step (``step``: the function the asset calls) run for this candidate (its
+        settings, and its MLflow run as the phases' parent), given the asset's other ``inputs``."""
+        return step(context, settings=self.settings, mlflow=self.mlflow, **inputs)
 
     def output(self, phase_output: dg.Output[Any], **extra: Any) -> dg.Output[Any]:
         """The phase's output, with the candidate, its values and the config fingerprint in the metadata."""
@@ -118,28 +113,8 @@ def candidate_run(
     run_id = mlflow_candidate_run(mlflow.options(resolved), plan, candidate, context.log)
     fields = {field: getattr(mlflow, field) for field in MlflowTracking.model_fields}
     tracking = MlflowTracking(**{**fields, "parent_run_id": run_id or mlflow.parent_run_id})
-    _preflight(context, resolved, tracking)
+    preflight_run(context, resolved, tracking, phase_of=lambda key: _PHASE_OF.get(key.to_user_string()))
     return CandidateRun(plan, candidate, candidate_settings, resolved, tracking, run_id)
-
-
-def _preflight(context: dg.AssetExecutionContext, resolved: Settings, mlflow: MlflowTracking) -> None:
-    """Preflight the phases of this run's sweep steps not checked yet (run tag ``PREFLIGHT_TAG``)."""
-    from ft_assets.phase_plan import refuse_skipped_phases
-    from ft_assets.preflight import preflight
-
-    keys = set(context.job_def.asset_layer.selected_asset_keys)
-    if context.run.asset_selection:
-        keys &= context.run.asset_selection
-    run = context.instance.get_run_by_id(context.run.run_id)
-    checked = set((run.tags.get(PREFLIGHT_TAG, "") if run else "").split(","))
-    selected = {_PHASE_OF.get(key.to_user_string()) for key in keys}
-    pending = [phase for phase in PHASES if phase in selected and phase not in checked]
-    if not pending:
-        return
-    refuse_skipped_phases(resolved.pipeline, pending)
-    context.log.info(preflight(resolved, phases=pending, tracking=mlflow.options(resolved)).summary())
-    done = [phase for phase in PHASES if phase in checked or phase in pending]
-    context.instance.add_run_tags(context.run.run_id, {PREFLIGHT_TAG: ",".join(done)})
 
 
 _SWEEP_ASSET: dict[str, Any] = {
@@ -166,7 +141,9 @@ def sweep_fine_tuned_model(
     """``fine_tuned_model`` for one sweep candidate: the shared base model trained with the candidate's
     ``[fine_tuner]`` values (checkpoints, resume and MLflow logging as in the pipeline)."""
     run = candidate_run(context, settings, mlflow)
-    return run.output(run.compute(context, models.fine_tuned_model, launcher=launcher, base_model=base_model))
+    return run.output(
+        run.compute(context, models.train_fine_tuned_model, launcher=launcher, base_model=base_model)
+    )
 
 
 @dg.asset(**_SWEEP_ASSET, **_GPU_STEP, deps=[evaluation_dataset])
@@ -181,7 +158,7 @@ def sweep_inference_results(
     candidate's ``[inferencer]`` values."""
     run = candidate_run(context, settings, mlflow)
     model = {"launcher": launcher, "fine_tuned_model": sweep_fine_tuned_model}
-    return run.output(run.compute(context, inference.inference_results, **model))
+    return run.output(run.compute(context, inference.infer_fine_tuned_model, **model))
 
 
 @dg.asset(**_SWEEP_ASSET, kinds={"mlflow", "excel", "json"}, deps=[evaluation_dataset])
@@ -198,7 +175,7 @@ def sweep_evaluation_report(
     cost and model)."""
     run = candidate_run(context, settings, mlflow)
     inputs = {"inference_results": sweep_inference_results, "base_inference_results": base_inference_results}
-    report = run.compute(context, evaluation.evaluation_report, **inputs)
+    report = run.compute(context, evaluation.score_inference, **inputs)
     record = _candidate_record(run, sweep_fine_tuned_model, sweep_inference_results, report.value)
     path = write_json(
         run_output_dir(run.resolved, f"sweep_candidates/{run.candidate.name}", context) / CANDIDATE_RECORD,
@@ -348,7 +325,7 @@ def sweep_promoted_model(
         return dg.Output({"registered": False}, metadata={"skipped": "the sweep has no winner"})
     run = candidate_run(context, settings, mlflow, name=winner)
     values = json.loads(Path(sweep_leaderboard["winner_record"]).read_text(encoding="utf-8"))["values"]
-    return run.output(run.compute(context, evaluation.promoted_model, **values))
+    return run.output(run.compute(context, evaluation.promote_model, **values))
 
 
 SWEEP_ASSETS = [
