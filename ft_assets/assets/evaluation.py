@@ -34,7 +34,13 @@ def score_inference(
     inference_results: dict[str, Any],
     base_inference_results: dict[str, Any] | None,
 ) -> dg.Output[dict[str, Any]]:
-    """The ``evaluation_report`` step: a sweep candidate runs it too, with its own settings."""
+    """Scores (offline ragas metrics by default, LLM judges when configured) for fine-tuned vs base, with
+    bootstrap intervals for every mean and paired delta, each metric's definition and corpus-level score:
+    a JSON summary, an Excel workbook (Summary, Per-sample, Comparison, chart), MLflow metrics/params and
+    a per-sample MLflow table.
+
+    A sweep candidate runs this same step with its own settings (:mod:`ft_assets.sweeps.assets`).
+    """
     from ft_assets.phases.comparison import Bootstrap
     from ft_assets.phases.metric_definitions import corpus_scores, describe_metrics
     from ft_assets.phases.metrics import score_rows
@@ -133,25 +139,14 @@ def score_inference(
     )
 
 
-@dg.asset(
+evaluation_report = dg.asset(
+    name="evaluation_report",
     group_name="evaluation",
     deps=[evaluation_dataset],
     kinds={"mlflow", "excel", "json"},
     code_version=PHASE_CODE_VERSION,
     owners=["team:ml-platform"],
-)
-def evaluation_report(
-    context: dg.AssetExecutionContext,
-    settings: PipelineSettings,
-    mlflow: MlflowTracking,
-    inference_results: dict[str, Any],
-    base_inference_results: dict[str, Any] | None,
-) -> dg.Output[dict[str, Any]]:
-    """Scores (offline ragas metrics by default, LLM judges when configured) for fine-tuned vs base, with
-    bootstrap intervals for every mean and paired delta, each metric's definition and corpus-level score:
-    a JSON summary, an Excel workbook (Summary, Per-sample, Comparison, chart), MLflow metrics/params and
-    a per-sample MLflow table."""
-    return score_inference(context, settings, mlflow, inference_results, base_inference_results)
+)(score_inference)
 
 
 def promote_model(
@@ -161,7 +156,12 @@ def promote_model(
     fine_tuned_model: dict[str, Any],
     evaluation_report: dict[str, Any],
 ) -> dg.Output[dict[str, Any]]:
-    """The ``promoted_model`` step: the sweep's winner is promoted by it too."""
+    """Registers the fine-tuned model in the MLflow model registry and points ``registry_alias`` at it, when
+    ``register_model = true``, the report scored this very model's inference (else it refuses, naming both
+    fingerprints) and the release gates (thresholds, not worse than base, inference complete) pass.
+
+    A sweep candidate runs this same step with its own settings (:mod:`ft_assets.sweeps.assets`).
+    """
     resolved = settings.load()
     config = resolved.evaluator
     if not config.register_model:
@@ -192,17 +192,10 @@ def promote_model(
     return dg.Output(value, metadata={**metadata, **value})
 
 
-@dg.asset(
-    group_name="evaluation", kinds={"mlflow"}, code_version=PHASE_CODE_VERSION, owners=["team:ml-platform"]
-)
-def promoted_model(
-    context: dg.AssetExecutionContext,
-    settings: PipelineSettings,
-    mlflow: MlflowTracking,
-    fine_tuned_model: dict[str, Any],
-    evaluation_report: dict[str, Any],
-) -> dg.Output[dict[str, Any]]:
-    """Registers the fine-tuned model in the MLflow model registry and points ``registry_alias`` at it, when
-    ``register_model = true``, the report scored this very model's inference (else it refuses, naming both
-    fingerprints) and the release gates (thresholds, not worse than base, inference complete) pass."""
-    return promote_model(context, settings, mlflow, fine_tuned_model, evaluation_report)
+promoted_model = dg.asset(
+    name="promoted_model",
+    group_name="evaluation",
+    kinds={"mlflow"},
+    code_version=PHASE_CODE_VERSION,
+    owners=["team:ml-platform"],
+)(promote_model)

@@ -65,7 +65,10 @@ def infer_fine_tuned_model(
     launcher: ComputeLauncher,
     fine_tuned_model: dict[str, Any],
 ) -> dg.Output[dict[str, Any]]:
-    """The ``inference_results`` step: a sweep candidate runs it too, with its own settings."""
+    """JSONL of the fine-tuned model's answers on the test split (seed fields + id, token counts, finish reason).
+
+    A sweep candidate runs this same step with its own settings (:mod:`ft_assets.sweeps.assets`).
+    """
     resolved = settings.load()
     model_dir = Path(fine_tuned_model.get("merged_path") or fine_tuned_model["path"])
     return _run_inference(
@@ -80,16 +83,7 @@ def infer_fine_tuned_model(
     )
 
 
-@dg.asset(**_INFERENCE_ASSET)
-def inference_results(
-    context: dg.AssetExecutionContext,
-    settings: PipelineSettings,
-    mlflow: MlflowTracking,
-    launcher: ComputeLauncher,
-    fine_tuned_model: dict[str, Any],
-) -> dg.Output[dict[str, Any]]:
-    """JSONL of the fine-tuned model's answers on the test split (seed fields + id, token counts, finish reason)."""
-    return infer_fine_tuned_model(context, settings, mlflow, launcher, fine_tuned_model)
+inference_results = dg.asset(name="inference_results", **_INFERENCE_ASSET)(infer_fine_tuned_model)
 
 
 @dg.asset(**_INFERENCE_ASSET)

@@ -60,7 +60,14 @@ def train_fine_tuned_model(
     launcher: ComputeLauncher,
     base_model: ResolvedModel,
 ) -> dg.Output[dict[str, Any]]:
-    """The ``fine_tuned_model`` step: a sweep candidate runs it too, with its own settings."""
+    """LoRA adapter (or full model) + tokenizer + chat template + metadata, trained with TRL's SFTTrainer
+    where the ``launcher`` resource says (this process, a subprocess, several under accelerate/torchrun,
+    or a Kubernetes pod).
+
+    Resumes from the newest checkpoint when base model, data and training config are unchanged.
+
+    A sweep candidate runs this same step with its own settings (:mod:`ft_assets.sweeps.assets`).
+    """
     record_orchestrator(context)
     resolved = settings.load()
     preflight_run(context, resolved, mlflow)
@@ -76,7 +83,8 @@ def train_fine_tuned_model(
     return result.output(tracking)
 
 
-@dg.asset(
+fine_tuned_model = dg.asset(
+    name="fine_tuned_model",
     group_name="models",
     deps=[training_dataset, validation_dataset],
     kinds={"pytorch", "huggingface", "mlflow"},
@@ -84,18 +92,4 @@ def train_fine_tuned_model(
     pool="gpu",
     op_tags=GPU_STEP_TAGS,
     owners=["team:ml-platform"],
-)
-def fine_tuned_model(
-    context: dg.AssetExecutionContext,
-    settings: PipelineSettings,
-    mlflow: MlflowTracking,
-    launcher: ComputeLauncher,
-    base_model: ResolvedModel,
-) -> dg.Output[dict[str, Any]]:
-    """LoRA adapter (or full model) + tokenizer + chat template + metadata, trained with TRL's SFTTrainer
-    where the ``launcher`` resource says (this process, a subprocess, several under accelerate/torchrun,
-    or a Kubernetes pod).
-
-    Resumes from the newest checkpoint when base model, data and training config are unchanged.
-    """
-    return train_fine_tuned_model(context, settings, mlflow, launcher, base_model)
+)(train_fine_tuned_model)
