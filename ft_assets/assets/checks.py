@@ -10,16 +10,18 @@ import dagster as dg
 
 from ft_assets.assets.evaluation import evaluation_report
 from ft_assets.assets.inference import inference_results
+from ft_assets.config import Settings
 from ft_assets.phases.gates import GateResult, completeness_gate, release_gates
 from ft_assets.resources.settings import PipelineSettings
 
 
-def _result(gate: GateResult, settings: PipelineSettings) -> dg.AssetCheckResult:
+def _result(gate: GateResult, settings: Settings) -> dg.AssetCheckResult:
     # ERROR stops the assets downstream of a blocking check (model promotion); WARN only reports.
-    blocking = settings.load().evaluator.blocking_checks
     return dg.AssetCheckResult(
         passed=gate.passed,
-        severity=dg.AssetCheckSeverity.ERROR if blocking else dg.AssetCheckSeverity.WARN,
+        severity=dg.AssetCheckSeverity.ERROR
+        if settings.evaluator.blocking_checks
+        else dg.AssetCheckSeverity.WARN,
         metadata={
             key: dg.MetadataValue.json(value) if isinstance(value, dict | list) else value
             for key, value in gate.details.items()
@@ -36,7 +38,8 @@ def _result(gate: GateResult, settings: PipelineSettings) -> dg.AssetCheckResult
 def metric_thresholds(settings: PipelineSettings, evaluation_report: dict[str, Any]) -> dg.AssetCheckResult:
     """Fails when a threshold is not met or too many rows failed to score (their ids are listed); blocks
     promotion when ``blocking_checks`` is set."""
-    return _result(release_gates(settings.load(), evaluation_report)["metric_thresholds"], settings)
+    resolved = settings.load()
+    return _result(release_gates(resolved, evaluation_report)["metric_thresholds"], resolved)
 
 
 @dg.asset_check(
@@ -46,7 +49,8 @@ def metric_thresholds(settings: PipelineSettings, evaluation_report: dict[str, A
 )
 def not_worse_than_base(settings: PipelineSettings, evaluation_report: dict[str, Any]) -> dg.AssetCheckResult:
     """Fails when the lower end of the fine-tuned - base interval is below ``-not_worse_margin``."""
-    return _result(release_gates(settings.load(), evaluation_report)["not_worse_than_base"], settings)
+    resolved = settings.load()
+    return _result(release_gates(resolved, evaluation_report)["not_worse_than_base"], resolved)
 
 
 @dg.asset_check(
@@ -57,10 +61,11 @@ def not_worse_than_base(settings: PipelineSettings, evaluation_report: dict[str,
 def inference_complete(settings: PipelineSettings, inference_results: dict[str, Any]) -> dg.AssetCheckResult:
     """Fails when rows are missing or too many responses are empty; with ``blocking_checks`` the report
     and promotion downstream do not run."""
+    resolved = settings.load()
     gate = completeness_gate(
         inference_results["rows"],
         inference_results["expected_rows"],
         inference_results["empty_responses"],
-        settings.load().inferencer.max_empty_response_share,
+        resolved.inferencer.max_empty_response_share,
     )
-    return _result(gate, settings)
+    return _result(gate, resolved)
