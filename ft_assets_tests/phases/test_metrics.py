@@ -15,8 +15,9 @@ from rapidfuzz.distance import Levenshtein
 from rouge_score import rouge_scorer
 
 from ft_assets.config import EvaluatorConfig
-from ft_assets.config_sections import JUDGE_METRICS, JudgeConfig
+from ft_assets.config_sections import JUDGE_METRICS, OFFLINE_METRICS, JudgeConfig
 from ft_assets.phases.metrics import (
+    EMBEDDING_METRICS,
     MetricScores,
     MetricsError,
     judge_cost_usd,
@@ -26,14 +27,8 @@ from ft_assets.phases.metrics import (
 )
 from ft_assets_tests.openai_stub import openai_stub  # noqa: F401  (pytest fixture)
 
-OFFLINE_TEXT_METRICS = [
-    "bleu_score",
-    "rouge_score",
-    "chrf_score",
-    "exact_match",
-    "string_presence",
-    "non_llm_string_similarity",
-]
+#: The offline metrics that need no embedding model, in their configured order.
+OFFLINE_TEXT_METRICS = [name for name in OFFLINE_METRICS if name not in EMBEDDING_METRICS]
 PAIRS = [
     ("The capital of France is Paris.", "Paris is the capital of France."),
     ("The cat sat on the mat. The dog ran in the park.", "The dog ran in the park. The cat sat on the mat."),

@@ -68,6 +68,12 @@ def start_job(
                "-j", job, "-c", str(run_config)]  # fmt: skip
     # unbuffered: the test watches the output for the moment to strike
     env = {**os.environ, "DAGSTER_HOME": str(home), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return start_logged(command, env, log)
+
+
+def start_logged(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """Start ``command`` from the project root in its own process group (so :func:`kill_when` can kill all
+    of it), its stdout and stderr into ``log``."""
     with log.open("wb") as output:
         return subprocess.Popen(
             command,

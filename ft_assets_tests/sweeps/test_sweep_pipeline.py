@@ -11,7 +11,6 @@ import contextlib
 import io
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from mlflow import MlflowClient
 from ft_assets import cli
 from ft_assets.config import relocated_config
 from ft_assets_tests.reliability.support import dagster_home, demo_rows
-from ft_assets_tests.reliability.test_faults import kill_when
+from ft_assets_tests.reliability.test_faults import kill_when, start_logged
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CANDIDATES = ["ms1", "ms2", "ms3"]
@@ -55,15 +54,7 @@ def _evaluated(instance: dg.DagsterInstance) -> list[str]:
 
 def _kill_after_first_candidate(command: list[str], env: dict[str, str], home: Path, log: Path) -> list[str]:
     """Start ``command`` in its own process group; SIGKILL the group once one candidate is evaluated."""
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = start_logged(command, env, log)
     instance = dg.DagsterInstance.from_config(str(home))
     try:
         kill_when(process, lambda: bool(_evaluated(instance)), log)
