@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 import dagster as dg
 
+from ft_assets.asset_values import AssetValue
 from ft_assets.config import ConfigError
 from ft_assets.jobs import PHASES
 from ft_assets.secrets import redact, register_secret
@@ -147,6 +148,11 @@ def pipeline_overrides(args: argparse.Namespace) -> dict[str, bool]:
     return {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
 
 
+def as_json(value: Any) -> Any:
+    """``--json``: asset values as their JSON form, anything else JSON cannot hold as its text."""
+    return value.to_json() if isinstance(value, AssetValue) else str(value)
+
+
 def summary(results: dict[str, Any]) -> list[str]:
     """One line per phase: its status and where its outputs and MLflow runs are."""
     lines = []
@@ -158,8 +164,8 @@ def summary(results: dict[str, Any]) -> list[str]:
         for name, asset in outcome["assets"].items():
             value = asset["value"]
             where = None
-            if isinstance(value, dict):
-                where = value.get("json_path") or value.get("path")
+            if isinstance(value, AssetValue):
+                where = getattr(value, "json_path", None) or getattr(value, "path", None)
             run = asset["mlflow_run_url"] or asset["mlflow_run_id"]
             parts.append(f"{name}" + (f" -> {where}" if where else "") + (f" (MLflow {run})" if run else ""))
         failed = [name for name, passed in outcome["checks"].items() if not passed]
@@ -211,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ft-pipeline: error: {redact(reason)}", file=sys.stderr)
         return EXIT_FAILURE
     if args.json:
-        print(json.dumps(results, indent=2, default=str))
+        print(json.dumps(results, indent=2, default=as_json))
     else:
         print("\n".join(sweep_summary(results) if args.sweep else summary(results)))
     return 0

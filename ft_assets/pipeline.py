@@ -184,7 +184,10 @@ class FineTunePipeline:
         """The phases ``[pipeline]`` enables, up to ``stop_after_*``, as one Dagster run.
 
         Returns ``{"status", "dagster_run_id", "mlflow_parent_run_id", "phases": {phase: result}}``; a
-        skipped phase's result is ``{"status": "skipped", "reason": ...}``.
+        skipped phase's result is ``{"status": "skipped", "reason": ...}``. A run phase's ``assets`` give
+        each asset's ``value`` as the asset holds it: the typed values of :mod:`ft_assets.asset_values`
+        (``FineTunedModel``, ``InferenceResults``, ``EvaluationReport``, ``PromotionResult``; ``to_json()``
+        for plain data) and the base model's ``ResolvedModel``.
         """
         phases, skipped = self.plan()
         if not phases:

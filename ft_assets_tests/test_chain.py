@@ -84,18 +84,18 @@ def test_chain_in_process(write_config: Any, tmp_path: Path) -> None:
     base = result.output_for_node("base_inference_results")
     artifacts = tmp_path / "artifacts"
     for value in (tuned, base):
-        path = Path(value["path"])
+        path = Path(value.path)
         assert path.is_file() and artifacts in path.parents and result.run_id in path.parts
         rows = read_jsonl(path)
         assert len(rows) == 60  # one per test example
         assert {"system_prompt", "user_prompt", "assistant_response", "ground_truth"} <= set(rows[0])
-    assert any(row["completion_tokens"] > 0 for row in read_jsonl(Path(tuned["path"])))
+    assert any(row["completion_tokens"] > 0 for row in read_jsonl(Path(tuned.path)))
 
-    summary = json.loads(Path(report["json_path"]).read_text())
-    assert Path(report["xlsx_path"]).is_file()
-    assert set(report["summary"]) == {"exact_match", "rouge_score", "bleu_score"}
+    summary = json.loads(Path(report.json_path).read_text())
+    assert Path(report.xlsx_path).is_file()
+    assert set(report.summary) == {"exact_match", "rouge_score", "bleu_score"}
     assert summary["primary_metric"] == "rouge_score"
-    adapter = Path(result.output_for_node("fine_tuned_model")["path"])
+    adapter = Path(result.output_for_node("fine_tuned_model").path)
     assert (adapter / "adapter_config.json").is_file() and (adapter / "ft_assets_model.json").is_file()
 
     assert_run_tree(f"sqlite:///{tmp_path / 'mlflow.db'}", "fine-tune-pipeline-ci", result.run_id)
@@ -134,10 +134,10 @@ def test_rerun_writes_a_new_run_folder_and_keeps_the_old(write_config: Any) -> N
     instance = dg.DagsterInstance.ephemeral()
     first = materialize_chain(config, instance)
     second = materialize_chain(config, instance)
-    paths = [Path(r.output_for_node("inference_results")["path"]) for r in (first, second)]
+    paths = [Path(r.output_for_node("inference_results").path) for r in (first, second)]
     assert paths[0] != paths[1]
     assert [len(read_jsonl(p)) for p in paths] == [60, 60]  # a rerun never appends
-    assert second.output_for_node("evaluation_report")["base_summary"] == {}
+    assert second.output_for_node("evaluation_report").base_summary == {}
 
 
 #: The same assets as a job on the multiprocess executor (a process per step), for the CLI test below:

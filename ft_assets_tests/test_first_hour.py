@@ -79,10 +79,10 @@ def test_a_config_of_only_the_dataset_keys_runs_the_chain(minimal_run: ChainRun)
     assert minimal_run.result.success
     report = minimal_run.result.output_for_node("evaluation_report")
     # no validation set was invented, the primary metric is the first default metric
-    assert report["primary_metric"] == "bleu_score"
-    assert set(report["summary"]) == {"bleu_score", "rouge_score", "exact_match"}
+    assert report.primary_metric == "bleu_score"
+    assert set(report.summary) == {"bleu_score", "rouge_score", "exact_match"}
     tuned = minimal_run.result.output_for_node("fine_tuned_model")
-    assert tuned["data_versions"]["validation"] is None
+    assert tuned.data_versions["validation"] is None
     # the embedded model came from the user-level cache, not from a folder of this project
     base = minimal_run.result.output_for_node("base_model")
     assert base.path.parent == default_model_cache_dir()
@@ -93,7 +93,7 @@ def test_a_config_of_only_the_dataset_keys_runs_the_chain(minimal_run: ChainRun)
 def test_the_run_log_shows_training_and_inference_progress(minimal_run: ChainRun) -> None:
     training = [m for m in messages(minimal_run, "fine_tuned_model") if m.startswith("training")]
     assert training[0] == f"training: {MAX_STEPS} steps; a line every 5 steps"
-    adapter = Path(minimal_run.result.output_for_node("fine_tuned_model")["path"])
+    adapter = Path(minimal_run.result.output_for_node("fine_tuned_model").path)
     logged = [entry for entry in json.loads((adapter / "log_history.json").read_text()) if "loss" in entry]
     assert logged, "the trainer logged no loss"
     assert len(training) == 1 + len(logged)
@@ -191,7 +191,7 @@ def test_fine_tuned_model_metadata_shows_the_loss_curve_and_trainable_parameters
     minimal_run: ChainRun,
 ) -> None:
     metadata = minimal_run.result.asset_materializations_for_node("fine_tuned_model")[0].metadata
-    adapter = Path(minimal_run.result.output_for_node("fine_tuned_model")["path"])
+    adapter = Path(minimal_run.result.output_for_node("fine_tuned_model").path)
     with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as weights:
         lora_parameters = sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())  # noqa: SIM118
     assert metadata["trainable_params"].value == lora_parameters

@@ -124,7 +124,7 @@ def test_phases_in_separate_calls_share_outputs_and_one_mlflow_parent(
     assert phases["inference"] == {"status": "skipped", "reason": "[pipeline] stop_after_finetuning = true"}
     assert phases["evaluation"]["status"] == "skipped"
     model = phases["finetuning"]["assets"]["fine_tuned_model"]
-    assert (Path(model["value"]["path"]) / "adapter_config.json").is_file()
+    assert (Path(model["value"].path) / "adapter_config.json").is_file()
     assert model["mlflow_run_id"] and model["mlflow_parent_run_id"] == results["mlflow_parent_run_id"]
     assert materialized(home) == {"base_model", "fine_tuned_model"}
 
@@ -137,9 +137,9 @@ def test_phases_in_separate_calls_share_outputs_and_one_mlflow_parent(
     parent = second.stop_mlflow_run()
     second.close()
     tuned = inference["assets"]["inference_results"]["value"]
-    assert tuned["model_hash"] == model["value"]["fingerprint"]  # the latest materialized fine-tuned model
+    assert tuned.model_hash == model["value"].fingerprint  # the latest materialized fine-tuned model
     report = evaluation["assets"]["evaluation_report"]["value"]
-    assert Path(report["json_path"]).is_file() and report["rows"] == 60
+    assert Path(report.json_path).is_file() and report.rows == 60
     assert all(evaluation["checks"].values()) and evaluation["checks"]
     assert inference["dagster_run_id"] != evaluation["dagster_run_id"]
     assert parent and inference["mlflow_parent_run_id"] == evaluation["mlflow_parent_run_id"] == parent
@@ -171,7 +171,7 @@ def test_phases_in_separate_calls_share_outputs_and_one_mlflow_parent(
         "completed",
     ]
     rerun = again["phases"]["evaluation"]["assets"]["evaluation_report"]["value"]
-    assert rerun["json_path"] != report["json_path"] and rerun["summary"] == report["summary"]
+    assert rerun.json_path != report.json_path and rerun.summary == report.summary
     run = third.instance.get_run_by_id(again["dagster_run_id"])
     assert run.tags[PHASES_TAG] == "evaluation"
     # the evaluation assets, after observing the datasets upstream of them (so their lineage is exact)
@@ -182,12 +182,12 @@ def test_phases_in_separate_calls_share_outputs_and_one_mlflow_parent(
     } | datasets
 
     # A step that fails at run time (its input file deleted since): one line naming the step and the cause.
-    Path(tuned["path"]).unlink()
+    Path(tuned.path).unlink()
     with pytest.raises(PipelineError) as raised:
         third.run_evaluation()
     message = str(raised.value)
     assert "\n" not in message
-    assert message.startswith(f"evaluation failed: evaluation_report: FileNotFoundError: {tuned['path']}: ")
+    assert message.startswith(f"evaluation failed: evaluation_report: FileNotFoundError: {tuned.path}: ")
     third.close()
 
 

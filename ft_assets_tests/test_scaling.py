@@ -128,9 +128,9 @@ def test_subprocess_launcher_matches_in_process(write_config: Any, tmp_path: Pat
 
     for asset in GPU_ASSETS:
         mine, theirs = local.output_for_node(asset), external.output_for_node(asset)
-        assert set(mine) == set(theirs)
-        assert mine["path"] != theirs["path"]  # each run writes its own folder
-        assert local.asset_materializations_for_node(asset)[0].metadata["output_path"].value == mine["path"]
+        assert type(mine) is type(theirs)
+        assert mine.path != theirs.path  # each run writes its own folder
+        assert local.asset_materializations_for_node(asset)[0].metadata["output_path"].value == mine.path
         local_meta = local.asset_materializations_for_node(asset)[0].metadata
         external_meta = external.asset_materializations_for_node(asset)[0].metadata
         assert set(local_meta) == set(external_meta)
@@ -140,11 +140,11 @@ def test_subprocess_launcher_matches_in_process(write_config: Any, tmp_path: Pat
                 assert value == external_meta[key], key
 
     for asset in ("inference_results", "base_inference_results"):
-        local_rows = read_jsonl(local.output_for_node(asset)["path"])
+        local_rows = read_jsonl(local.output_for_node(asset).path)
         assert len(local_rows) == 60
-        assert local_rows == read_jsonl(external.output_for_node(asset)["path"])
+        assert local_rows == read_jsonl(external.output_for_node(asset).path)
 
-    tuned = [Path(r.output_for_node("fine_tuned_model")["path"]) for r in (local, external)]
+    tuned = [Path(r.output_for_node("fine_tuned_model").path) for r in (local, external)]
     assert sorted(p.name for p in tuned[0].iterdir()) == sorted(p.name for p in tuned[1].iterdir())
     assert (tuned[0] / "adapter_model.safetensors").read_bytes() == (
         tuned[1] / "adapter_model.safetensors"
@@ -153,8 +153,8 @@ def test_subprocess_launcher_matches_in_process(write_config: Any, tmp_path: Pat
         r.asset_materializations_for_node("fine_tuned_model")[0].tags["dagster/data_version"]
         for r in (local, external)
     ]
-    assert versions[0] == versions[1] == local.output_for_node("fine_tuned_model")["fingerprint"]
-    reports = [r.output_for_node("evaluation_report")["summary"] for r in (local, external)]
+    assert versions[0] == versions[1] == local.output_for_node("fine_tuned_model").fingerprint
+    reports = [r.output_for_node("evaluation_report").summary for r in (local, external)]
     assert reports[0] == reports[1]
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -194,7 +194,7 @@ def test_ddp_training_under_accelerate_launch(write_config: Any, tmp_path: Path)
     assert result.success
 
     tuned = result.output_for_node("fine_tuned_model")
-    adapter = Path(tuned["path"])
+    adapter = Path(tuned.path)
     metadata = result.asset_materializations_for_node("fine_tuned_model")[0].metadata
     assert metadata["processes"].value == 2 and metadata["dropped_rows"].value == 0
     # two data-parallel ranks: each step consumed 2 processes x 2 rows of the training set

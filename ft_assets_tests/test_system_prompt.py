@@ -88,27 +88,26 @@ def test_a_system_prompt_set_only_in_fine_tuner_is_used_by_inference_and_stored_
     )
     instance = dg.DagsterInstance.ephemeral()
     chain = run_job("fine_tune_pipeline", config, instance)
-    rows = read_jsonl(chain.output_for_node("inference_results")["path"])
+    rows = read_jsonl(chain.output_for_node("inference_results").path)
     assert len(rows) == 60 and {row["system_prompt"] for row in rows} == {PROMPT}
     tuned = chain.output_for_node("fine_tuned_model")
-    stored = json.loads((Path(tuned["path"]) / "ft_assets_model.json").read_text(encoding="utf-8"))
-    assert stored["system_prompt"] == tuned["system_prompt"] == {"override_text": PROMPT, "column": None}
+    stored = json.loads((Path(tuned.path) / "ft_assets_model.json").read_text(encoding="utf-8"))
+    assert stored["system_prompt"] == tuned.system_prompt == {"override_text": PROMPT, "column": None}
     metadata = chain.asset_materializations_for_node("fine_tuned_model")[0].metadata
     assert metadata["system_prompt"].value == f"system_prompt_override_text = {PROMPT!r}"
 
     # a config that sets no system prompt anywhere: inference of the trained model uses the stored one
     plain = write_config({"inferencer": no_baseline}, name="plain.toml")
     later = run_job("inference_job", plain, instance)
-    assert {
-        row["system_prompt"] for row in read_jsonl(later.output_for_node("inference_results")["path"])
-    } == {PROMPT}
+    later_rows = read_jsonl(later.output_for_node("inference_results").path)
+    assert {row["system_prompt"] for row in later_rows} == {PROMPT}
 
     # another one configured wins, and the run log says the model was trained with something else
     other = write_config(
         {"inferencer": {**no_baseline, "system_prompt_override_text": "Be terse."}}, name="o.toml"
     )
     third = run_job("inference_job", other, instance)
-    rows = read_jsonl(third.output_for_node("inference_results")["path"])
+    rows = read_jsonl(third.output_for_node("inference_results").path)
     assert {row["system_prompt"] for row in rows} == {"Be terse."}
     warnings = [
         e.user_message

@@ -6,6 +6,7 @@ from typing import Any
 
 import dagster as dg
 
+from ft_assets.asset_values import FineTunedModel, InferenceResults
 from ft_assets.assets.common import PHASE_CODE_VERSION, preflight_run, run_output_dir
 from ft_assets.assets.data import evaluation_dataset
 from ft_assets.config import Settings
@@ -29,7 +30,7 @@ def _run_inference(
     phase: str,
     model_dir: Path,
     model_hash: str,
-) -> dg.Output[dict[str, Any]]:
+) -> dg.Output[InferenceResults]:
     record_orchestrator(context)
     preflight_run(context, resolved, mlflow)
     request = PhaseRequest.inference(
@@ -63,14 +64,13 @@ def infer_fine_tuned_model(
     settings: PipelineSettings,
     mlflow: MlflowTracking,
     launcher: ComputeLauncher,
-    fine_tuned_model: dict[str, Any],
-) -> dg.Output[dict[str, Any]]:
+    fine_tuned_model: FineTunedModel,
+) -> dg.Output[InferenceResults]:
     """JSONL of the fine-tuned model's answers on the test split (seed fields + id, token counts, finish reason).
 
     A sweep candidate runs this same step with its own settings (:mod:`ft_assets.sweeps.assets`).
     """
     resolved = settings.load()
-    model_dir = Path(fine_tuned_model.get("merged_path") or fine_tuned_model["path"])
     return _run_inference(
         context,
         resolved,
@@ -78,8 +78,8 @@ def infer_fine_tuned_model(
         launcher,
         asset_name="inference_results",
         phase="inference",
-        model_dir=model_dir,
-        model_hash=fine_tuned_model["fingerprint"],
+        model_dir=fine_tuned_model.model_dir,
+        model_hash=fine_tuned_model.fingerprint,
     )
 
 
@@ -93,7 +93,7 @@ def base_inference_results(
     mlflow: MlflowTracking,
     launcher: ComputeLauncher,
     base_model: ResolvedModel,
-) -> dg.Output[dict[str, Any] | None]:
+) -> dg.Output[InferenceResults | None]:
     """The same inference on the base model: the baseline every report compares against.
 
     With ``[inferencer] run_baseline = false`` it records that no baseline was run.

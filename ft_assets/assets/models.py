@@ -1,9 +1,8 @@
 """Model assets: the resolved base model and the fine-tuned adapter (LoRA/QLoRA via TRL + PEFT)."""
 
-from typing import Any
-
 import dagster as dg
 
+from ft_assets.asset_values import FineTunedModel
 from ft_assets.assets.common import PHASE_CODE_VERSION, preflight_run, run_output_dir
 from ft_assets.assets.data import training_dataset, validation_dataset
 from ft_assets.execution.launcher import GPU_STEP_TAGS, ComputeLauncher
@@ -59,7 +58,7 @@ def train_fine_tuned_model(
     mlflow: MlflowTracking,
     launcher: ComputeLauncher,
     base_model: ResolvedModel,
-) -> dg.Output[dict[str, Any]]:
+) -> dg.Output[FineTunedModel]:
     """LoRA adapter (or full model) + tokenizer + chat template + metadata, trained with TRL's SFTTrainer
     where the ``launcher`` resource says (this process, a subprocess, several under accelerate/torchrun,
     or a Kubernetes pod).

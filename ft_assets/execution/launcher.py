@@ -1,10 +1,11 @@
-"""Where GPU phases compute: in the Dagster step's process, in a local subprocess (optionally several,
+"""Where phases compute: in the Dagster step's process, in a local subprocess (optionally several,
 under ``accelerate launch`` or ``torchrun`` for DDP/FSDP), or in a Kubernetes pod; the last two through
 Dagster Pipes.
 
 Whatever the mode, the phase runs :func:`ft_assets.execution.phase.execute`, logs into the MLflow child run the
 asset opened, and the asset gets the same value, metadata and data version back. Secrets reach an external
 process only as environment variables: inherited by a subprocess, ``secretKeyRef`` entries in a pod spec.
+The GPU assets follow this resource; evaluation always runs in process (see ``ft_assets.assets.evaluation``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
+from ft_assets.asset_values import AssetValue
 from ft_assets.config import ConfigError
 from ft_assets.execution.phase import REQUEST_EXTRA, VALUE_MESSAGE_KEY, PhaseOutcome, PhaseRequest
 from ft_assets.execution.processes import ORCHESTRATOR_ENV, ProcessIdentity
@@ -48,11 +50,11 @@ class SecretEnv(dg.Config):
 class PhaseResult:
     """A phase's outcome on the orchestrator's side: the asset value, its metadata and data version."""
 
-    value: dict[str, Any]
+    value: AssetValue
     metadata: Mapping[str, dg.MetadataValue]
     data_version: dg.DataVersion | None = None
 
-    def output(self, tracking_metadata: Mapping[str, dg.MetadataValue]) -> dg.Output[dict[str, Any]]:
+    def output(self, tracking_metadata: Mapping[str, dg.MetadataValue]) -> dg.Output[AssetValue]:
         """The asset's Output, with the MLflow run links of its phase run."""
         return dg.Output(
             self.value, metadata={**tracking_metadata, **self.metadata}, data_version=self.data_version
@@ -187,7 +189,11 @@ class ComputeLauncher(dg.ConfigurableResource):
             raise dg.DagsterPipesExecutionError(
                 f"{request.phase}: expected one value message from {REQUEST_EXTRA} process, got {len(values)}"
             )
-        return PhaseResult(values[0], materialization.metadata or {}, materialization.data_version)
+        return PhaseResult(
+            request.value_type.from_json(values[0]),
+            materialization.metadata or {},
+            materialization.data_version,
+        )
 
     def pod_arguments(self, request: PhaseRequest, env: Mapping[str, str]) -> dict[str, Any]:
         """``PipesK8sClient.run`` arguments (image, command, namespace, env, pod spec and metadata).
@@ -241,6 +247,12 @@ class ComputeLauncher(dg.ConfigurableResource):
         paths = {"output": request.output, "model_dir": request.model_dir}
         if request.base_model:
             paths["base model"] = request.base_model["path"]
+        for what, inference in (
+            ("scored inference", request.scored_inference),
+            ("baseline", request.baseline_inference),
+        ):
+            if inference:
+                paths[what] = inference["path"]
         uri = env.get("MLFLOW_TRACKING_URI", "")
         if urllib.parse.urlsplit(uri).scheme in ("sqlite", "file", ""):
             paths["MLflow store"] = uri.removeprefix("sqlite:///").removeprefix("file://") or None

@@ -1,5 +1,7 @@
-"""One GPU phase (fine-tuning, inference, baseline inference) with its MLflow logging, runnable in the
-orchestrator's process or in an external one launched through Dagster Pipes.
+"""A phase (fine-tuning, inference, baseline inference, evaluation) with its MLflow logging, runnable in the
+orchestrator's process or in an external one launched through Dagster Pipes: the request, the entry point
+and the outcome. The phases' bodies are :mod:`~ft_assets.execution.finetune_phase`,
+:mod:`~ft_assets.execution.inference_phase` and :mod:`~ft_assets.execution.evaluation_phase`.
 
 The same :func:`execute` runs in both places, so outputs, materialization metadata and the MLflow child run
 are the same whatever the launcher:
@@ -10,7 +12,8 @@ are the same whatever the launcher:
   ``torchrun``, locally or in a Kubernetes pod) reads its :class:`PhaseRequest` from the Pipes context
   extras, attaches to the child run named by ``MLFLOW_RUN_ID`` (see ``PhaseRun.subprocess_env``), runs
   :func:`execute`, and reports back through Pipes: metadata and data version with
-  ``report_asset_materialization``, the asset's value with ``report_custom_message``, progress with ``log``.
+  ``report_asset_materialization``, the asset's value (:mod:`ft_assets.asset_values`, as JSON) with
+  ``report_custom_message``, progress with ``log``.
   Launched as a local subprocess, it stops when the process that launched it is gone
   (:mod:`ft_assets.execution.processes`).
 
@@ -32,12 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ft_assets.asset_values import AssetValue, EvaluationReport, FineTunedModel, InferenceResults
 from ft_assets.config import Settings, build_settings, settings_as_data
 from ft_assets.execution.processes import exit_when_orchestrator_gone
 from ft_assets.phases.models import ResolvedModel
-from ft_assets.phases.progress import InferenceProgress, training_progress
-from ft_assets.phases.system_prompt import SystemPrompt, inference_columns
-from ft_assets.secrets import hf_token
 from ft_assets.tracking_options import LogSink
 from ft_assets.tracking_run import PhaseRun
 
@@ -45,14 +46,22 @@ from ft_assets.tracking_run import PhaseRun
 REQUEST_EXTRA = "ft_assets_phase_request"
 #: The key of the custom Pipes message that carries the asset's value.
 VALUE_MESSAGE_KEY = "ft_assets_value"
-REMOTE_PHASES = ("finetuning", "inference", "baseline_inference")
+#: Each phase's asset value type (what the value message is read back as).
+VALUE_TYPES: dict[str, type[AssetValue]] = {
+    "finetuning": FineTunedModel,
+    "inference": InferenceResults,
+    "baseline_inference": InferenceResults,
+    "evaluation": EvaluationReport,
+}
+REMOTE_PHASES = tuple(VALUE_TYPES)
 
 _log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class PhaseRequest:
-    """Everything a phase needs, as JSON: resolved settings (no secrets), model locations, output path."""
+    """Everything a phase needs, as JSON: resolved settings (no secrets), model locations or the inference
+    results to score, output path."""
 
     phase: str
     settings: dict[str, Any]
@@ -62,6 +71,10 @@ class PhaseRequest:
     model_dir: str | None = None
     model_hash: str | None = None
     tracking_required: bool = True
+    #: Evaluation: the scored inference's value and the baseline's (:meth:`InferenceResults.to_json`).
+    scored_inference: dict[str, Any] | None = None
+    baseline_inference: dict[str, Any] | None = None
+    dagster_run_id: str | None = None
     #: The settings object itself, for a phase run in this process (never serialized).
     local_settings: Settings | None = field(default=None, compare=False, repr=False)
 
@@ -70,18 +83,30 @@ class PhaseRequest:
             raise ValueError(f"phase {self.phase!r} cannot be launched; expected one of {REMOTE_PHASES}")
 
     @classmethod
+    def _of(
+        cls, phase: str, settings: Settings, output: Path, *, tracking_required: bool, **inputs: Any
+    ) -> PhaseRequest:
+        return cls(
+            phase=phase,
+            settings=settings_as_data(settings),
+            base_dir=str(settings.base_dir),
+            output=str(output),
+            tracking_required=tracking_required,
+            local_settings=settings,
+            **inputs,
+        )
+
+    @classmethod
     def finetuning(
         cls, settings: Settings, base_model: ResolvedModel, output_dir: Path, *, tracking_required: bool
     ) -> PhaseRequest:
         """Train ``base_model`` and publish the adapter (or full model) at ``output_dir``."""
-        return cls(
-            phase="finetuning",
-            settings=settings_as_data(settings),
-            base_dir=str(settings.base_dir),
-            output=str(output_dir),
-            base_model=base_model.to_json(),
+        return cls._of(
+            "finetuning",
+            settings,
+            output_dir,
             tracking_required=tracking_required,
-            local_settings=settings,
+            base_model=base_model.to_json(),
         )
 
     @classmethod
@@ -96,16 +121,41 @@ class PhaseRequest:
         tracking_required: bool,
     ) -> PhaseRequest:
         """Generate answers of ``model_dir`` on the test split into the JSONL ``output_path``."""
-        return cls(
-            phase=phase,
-            settings=settings_as_data(settings),
-            base_dir=str(settings.base_dir),
-            output=str(output_path),
+        return cls._of(
+            phase,
+            settings,
+            output_path,
+            tracking_required=tracking_required,
             model_dir=str(model_dir),
             model_hash=model_hash,
-            tracking_required=tracking_required,
-            local_settings=settings,
         )
+
+    @classmethod
+    def evaluation(
+        cls,
+        settings: Settings,
+        inference: InferenceResults,
+        base_inference: InferenceResults | None,
+        output_dir: Path,
+        *,
+        dagster_run_id: str,
+        tracking_required: bool,
+    ) -> PhaseRequest:
+        """Score ``inference`` (against ``base_inference`` when a baseline ran) into the report folder
+        ``output_dir``; ``dagster_run_id`` goes into the report's provenance."""
+        return cls._of(
+            "evaluation",
+            settings,
+            output_dir,
+            tracking_required=tracking_required,
+            scored_inference=inference.to_json(),
+            baseline_inference=base_inference.to_json() if base_inference else None,
+            dagster_run_id=dagster_run_id,
+        )
+
+    @property
+    def value_type(self) -> type[AssetValue]:
+        return VALUE_TYPES[self.phase]
 
     def to_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "local_settings"}
@@ -131,169 +181,41 @@ class PhaseRequest:
             values["model_id"], Path(values["path"]), values["content_hash"], values["source"]
         )
 
+    def inference_results(self) -> tuple[InferenceResults, InferenceResults | None]:
+        """The inference an evaluation scores, and the baseline's (None when no baseline ran)."""
+        if self.scored_inference is None:
+            raise ValueError(f"phase request ({self.phase}) names no inference results to score")
+        baseline = self.baseline_inference
+        return (
+            InferenceResults.from_json(self.scored_inference),
+            InferenceResults.from_json(baseline) if baseline else None,
+        )
+
 
 @dataclass
 class PhaseOutcome:
     """What a phase produced: the asset's value, its materialization metadata in the Pipes wire format
     (``{"raw_value": ..., "type": ...}``), and its data version."""
 
-    value: dict[str, Any]
+    value: AssetValue
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     data_version: str | None = None
 
 
-def _meta(value: Any, kind: str) -> dict[str, Any]:
+def pipes_meta(value: Any, kind: str) -> dict[str, Any]:
+    """One metadata entry in the Pipes wire format (``kind``: ``float``, ``path``, ``md``, ``json``...)."""
     return {"raw_value": value, "type": kind}
 
 
 def execute(request: PhaseRequest, run: PhaseRun, log: LogSink = _log) -> PhaseOutcome:
     """Run the requested phase, logging into ``run``, and return its outcome."""
-    settings = request.load_settings()
-    if request.phase == "finetuning":
-        return _finetune(request, settings, run, log)
-    return _infer(request, settings, run, log)
+    # imported here: the phase bodies import this module's request and outcome types
+    from ft_assets.execution.evaluation_phase import evaluate
+    from ft_assets.execution.finetune_phase import finetune
+    from ft_assets.execution.inference_phase import infer
 
-
-def _finetune(request: PhaseRequest, settings: Settings, run: PhaseRun, log: LogSink) -> PhaseOutcome:
-    from ft_assets.phases.checkpoints import checkpoint_root
-    from ft_assets.phases.training import load_training_data, train
-
-    base = request.resolved_base_model()
-    output_dir = Path(request.output)
-    token = hf_token()
-    train_set, validation_set = load_training_data(settings, token)
-    for name, dataset in (("train", train_set), ("validation", validation_set)):
-        if dataset is not None:
-            run.log_dataset(
-                name, dataset.content_hash, dataset.resolved, "training" if name == "train" else "eval"
-            )
-    result = train(
-        settings,
-        base,
-        train_set,
-        validation_set,
-        output_dir=output_dir,
-        checkpoint_root=checkpoint_root(settings),
-        on_log=lambda logs, step: run.log_metrics(logs, step=step),
-        hub_token=token,
-        callbacks=[training_progress(log.info)],
-    )
-    run.log_metrics({f"final_{k}": v for k, v in result.metrics.items()})
-    processes = world_size()
-    run.log_params(
-        {
-            "device": result.device.device,
-            "dtype": result.device.dtype,
-            "dropped_rows": len(result.dropped_rows),
-            "processes": processes,
-            "base_quantization": result.base_quantization or "none",
-            "evaluation_base": result.evaluation_base,
-        }
-    )
-    run.log_artifact(output_dir / "loss_curve.png")
-    model_uri = run.log_peft_model(output_dir, "fine_tuned_model") if settings.mlflow.log_model else None
-    if result.resumed_from_step:
-        log.info(f"resumed from checkpoint step {result.resumed_from_step}")
-    m = result.metrics
-    log.info(
-        f"trained {int(m['steps'])} steps on {processes} x {result.device.device}: "
-        f"train loss {m['train_loss']:.4f}"
-    )
-    value = {
-        "path": str(output_dir),
-        "merged_path": str(result.merged_dir) if result.merged_dir else None,
-        "base_model_id": base.model_id,
-        "base_model_hash": base.content_hash,
-        "fingerprint": result.fingerprint,
-        "data_versions": {
-            "train": train_set.content_hash,
-            "validation": validation_set.content_hash if validation_set else None,
-        },
-        "metrics": result.metrics,
-        "mlflow_model_uri": model_uri,
-        "base_quantization": result.base_quantization,
-        "evaluation_base": result.evaluation_base,
-        "system_prompt": SystemPrompt.of(settings.fine_tuner).to_json(),
-    }
-    metadata = {
-        "output_path": _meta(str(output_dir), "path"),
-        "train_loss": _meta(m["train_loss"], "float"),
-        "eval_loss": _meta(m.get("eval_loss", float("nan")), "float"),
-        "steps": _meta(int(m["steps"]), "int"),
-        "trained_tokens": _meta(int(m["trained_tokens"]), "int"),
-        "seen_tokens": _meta(int(m["seen_tokens"]), "int"),
-        "evaluation_base": _meta(result.evaluation_base, "text"),
-        "tokens_per_s": _meta(m["tokens_per_s"], "float"),
-        "trainable_params": _meta(int(m["trainable_params"]), "int"),
-        "total_params": _meta(int(m["total_params"]), "int"),
-        "trainable_share": _meta(m["trainable_share"], "float"),
-        "system_prompt": _meta(SystemPrompt.of(settings.fine_tuner).describe(), "text"),
-        "duration_s": _meta(m["duration_s"], "float"),
-        "device": _meta(f"{result.device.device} ({result.device.dtype})", "text"),
-        "processes": _meta(processes, "int"),
-        "dropped_rows": _meta(len(result.dropped_rows), "int"),
-        "resumed_from_step": _meta(result.resumed_from_step or 0, "int"),
-        "loss_curve": _meta(loss_table(result.log_history), "md"),
-    }
-    return PhaseOutcome(value, metadata, data_version=result.fingerprint)
-
-
-def loss_table(log_history: list[dict[str, Any]]) -> str:
-    """Train and validation loss per logged step, as a markdown table."""
-    lines = ["| step | train loss | validation loss |", "|---:|---:|---:|"]
-    for entry in log_history:
-        if "loss" in entry or "eval_loss" in entry:
-            train = f"{entry['loss']:.4f}" if "loss" in entry else ""
-            evaluation = f"{entry['eval_loss']:.4f}" if "eval_loss" in entry else ""
-            lines.append(f"| {entry.get('step', '')} | {train} | {evaluation} |")
-    return "\n".join(lines)
-
-
-def _infer(request: PhaseRequest, settings: Settings, run: PhaseRun, log: LogSink) -> PhaseOutcome:
-    from ft_assets.phases.generation import generate, load_test_data
-    from ft_assets.phases.models import configured_chat_template
-
-    if request.model_dir is None or request.model_hash is None:
-        raise ValueError(f"phase request ({request.phase}) names no model directory or model hash")
-    output = Path(request.output)
-    config, prompt_warning = inference_columns(settings.inferencer, Path(request.model_dir))
-    if prompt_warning:
-        log.warning(prompt_warning)
-    dataset = load_test_data(config, settings.base_dir, hf_token())
-    run.log_dataset("test", dataset.content_hash, dataset.resolved, "testing")
-    template = configured_chat_template(settings)
-    progress = InferenceProgress(len(dataset.examples), log.info, label=request.phase)
-    result = generate(
-        Path(request.model_dir), dataset, config, output, chat_template=template, progress=progress
-    )
-    run.log_metrics(result.metrics)
-    run.log_params(
-        {"backend": result.backend, "device": result.device.device, "model_hash": request.model_hash}
-    )
-    run.log_artifact(output)
-    log.info(
-        f"{result.rows} rows from {request.model_dir} in {result.duration_s:.1f} s on {result.device.device}"
-    )
-    value = {
-        "path": str(output),
-        "rows": result.rows,
-        "expected_rows": len(dataset.examples),
-        "empty_responses": result.empty_responses,
-        "model_hash": request.model_hash,
-        "dataset_hash": dataset.content_hash,
-        "metrics": result.metrics,
-    }
-    metrics = result.metrics
-    metadata = {
-        "output_path": _meta(str(output), "path"),
-        "rows": _meta(result.rows, "int"),
-        "rows_per_s": _meta(metrics["rows_per_s"], "float"),
-        "generated_tokens_per_s": _meta(metrics["generated_tokens_per_s"], "float"),
-        "empty_responses": _meta(result.empty_responses, "int"),
-        "finish_reasons": _meta(result.finish_reasons, "json"),
-        "device": _meta(f"{result.device.device} ({result.device.dtype})", "text"),
-    }
-    return PhaseOutcome(value, metadata)
+    bodies = {"finetuning": finetune, "inference": infer, "baseline_inference": infer, "evaluation": evaluate}
+    return bodies[request.phase](request, request.load_settings(), run, log)
 
 
 # ------------------------------------------------------------------------------- external process
@@ -373,7 +295,7 @@ def main() -> None:
         run = attach_phase_run(request.phase, pipes.log, required=request.tracking_required)
         outcome = execute(request, run, pipes.log)
         pipes.report_asset_materialization(metadata=outcome.metadata, data_version=outcome.data_version)
-        pipes.report_custom_message({VALUE_MESSAGE_KEY: outcome.value})
+        pipes.report_custom_message({VALUE_MESSAGE_KEY: outcome.value.to_json()})
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ft_assets.errors import FtAssetsError
 
 if TYPE_CHECKING:
+    from ft_assets.asset_values import EvaluationReport
     from ft_assets.config import Settings
 
 #: Failed row ids listed in a gate's details (the rest are counted).
@@ -130,28 +131,27 @@ def check_lineage(model_hash: str | None, evaluated_model_hash: str | None) -> N
         )
 
 
-def release_gates(settings: Settings, evaluation_report: dict[str, Any]) -> dict[str, GateResult]:
+def release_gates(settings: Settings, evaluation_report: EvaluationReport) -> dict[str, GateResult]:
     """The gates promotion requires, by asset check name, over the ``evaluation_report`` asset's value
     (the asset checks apply the same functions)."""
     evaluator, inferencer = settings.evaluator, settings.inferencer
-    inference = evaluation_report.get("inference") or {}
-    counts = [inference.get(key) for key in ("rows", "expected_rows", "empty_responses")]
-    complete = (
-        completeness_gate(*counts, inferencer.max_empty_response_share)
-        if None not in counts
-        else GateResult(False, {"note": "the evaluated inference results record no row counts"})
-    )
+    inference = evaluation_report.inference
     return {
         "metric_thresholds": threshold_gate(
-            evaluation_report["summary"],
+            evaluation_report.summary,
             evaluator.thresholds,
-            failed_ids=evaluation_report["failed_rows"],
+            failed_ids=evaluation_report.failed_rows,
             min_scored_share=evaluator.min_scored_share,
         ),
         "not_worse_than_base": not_worse_gate(
-            evaluation_report["comparison"],
-            evaluation_report["primary_metric"],
+            evaluation_report.comparison,
+            evaluation_report.primary_metric,
             margin=evaluator.not_worse_margin,
         ),
-        "inference_complete": complete,
+        "inference_complete": completeness_gate(
+            inference.rows,
+            inference.expected_rows,
+            inference.empty_responses,
+            inferencer.max_empty_response_share,
+        ),
     }

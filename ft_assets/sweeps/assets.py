@@ -30,11 +30,13 @@ from typing import Any
 
 import dagster as dg
 
+from ft_assets.asset_values import EvaluationReport, FineTunedModel, InferenceResults, PromotionResult
 from ft_assets.assets import evaluation, inference, models
 from ft_assets.assets.common import PHASE_CODE_VERSION, preflight_run, run_output_dir, secret
 from ft_assets.assets.data import evaluation_dataset, training_dataset, validation_dataset
 from ft_assets.config import Settings, deep_merge
 from ft_assets.errors import FtAssetsError
+from ft_assets.execution.evaluation_phase import read_jsonl
 from ft_assets.execution.launcher import GPU_STEP_TAGS, ComputeLauncher
 from ft_assets.jobs import SWEEP_GROUP
 from ft_assets.phases.io import write_json
@@ -137,7 +139,7 @@ def sweep_fine_tuned_model(
     mlflow: MlflowTracking,
     launcher: ComputeLauncher,
     base_model: ResolvedModel,
-) -> dg.Output[dict[str, Any]]:
+) -> dg.Output[FineTunedModel]:
     """``fine_tuned_model`` for one sweep candidate: the shared base model trained with the candidate's
     ``[fine_tuner]`` values (checkpoints, resume and MLflow logging as in the pipeline)."""
     run = candidate_run(context, settings, mlflow)
@@ -152,8 +154,8 @@ def sweep_inference_results(
     settings: PipelineSettings,
     mlflow: MlflowTracking,
     launcher: ComputeLauncher,
-    sweep_fine_tuned_model: dict[str, Any],
-) -> dg.Output[dict[str, Any]]:
+    sweep_fine_tuned_model: FineTunedModel,
+) -> dg.Output[InferenceResults]:
     """``inference_results`` for one sweep candidate: its model's answers on the test split, with the
     candidate's ``[inferencer]`` values."""
     run = candidate_run(context, settings, mlflow)
@@ -166,10 +168,10 @@ def sweep_evaluation_report(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
     mlflow: MlflowTracking,
-    sweep_fine_tuned_model: dict[str, Any],
-    sweep_inference_results: dict[str, Any],
-    base_inference_results: dict[str, Any] | None,
-) -> dg.Output[dict[str, Any]]:
+    sweep_fine_tuned_model: FineTunedModel,
+    sweep_inference_results: InferenceResults,
+    base_inference_results: InferenceResults | None,
+) -> dg.Output[EvaluationReport]:
     """``evaluation_report`` for one sweep candidate against the shared base-model inference, plus the
     candidate's record for the leaderboard (its primary metric per row, paired delta vs base, training
     cost and model)."""
@@ -191,7 +193,7 @@ def sweep_evaluation_report(
 
 
 def _candidate_record(
-    run: CandidateRun, model: dict[str, Any], inference_value: dict[str, Any], report: dict[str, Any]
+    run: CandidateRun, model: FineTunedModel, inference_value: InferenceResults, report: EvaluationReport
 ) -> dict[str, Any]:
     """What the leaderboard needs of a candidate. The primary metric is scored once more on the
     candidate's rows to keep its per-row values (free for offline metrics; an LLM-judge primary metric
@@ -199,12 +201,12 @@ def _candidate_record(
     from ft_assets.phases.comparison import row_ids
     from ft_assets.phases.metrics import score_rows
 
-    metric = report["primary_metric"]
-    rows = evaluation.read_jsonl(inference_value["path"])
+    metric = report.primary_metric
+    rows = read_jsonl(inference_value.path)
     config = run.resolved.evaluator.model_copy(update={"metrics": [metric], "thresholds": {}})
     scores = score_rows(rows, config, api_key=secret("OPENAI_API_KEY")).per_row[metric]
-    metrics = model["metrics"]
-    summary = report["summary"][metric]
+    metrics = model.metrics
+    summary = report.summary[metric]
     return {
         "candidate": run.candidate.name,
         "params": run.candidate.params,
@@ -214,18 +216,20 @@ def _candidate_record(
         "ids": row_ids(rows, "fine-tuned"),
         "scores": [None if value != value else value for value in scores],  # NaN -> null
         "summary": {key: summary.get(key) for key in ("mean", "ci_low", "ci_high", "count")},
-        "vs_base": (report.get("comparison") or {}).get(metric),
+        "vs_base": (report.comparison or {}).get(metric),
         "cost": {
             "steps": metrics["steps"],
             "trained_tokens": metrics["trained_tokens"],
             "train_seconds": metrics["duration_s"],
         },
-        "model": {key: model.get(key) for key in ("path", "merged_path", "fingerprint", "mlflow_model_uri")},
+        "model": {
+            key: getattr(model, key) for key in ("path", "merged_path", "fingerprint", "mlflow_model_uri")
+        },
         # what promotion of this candidate is given, as promoted_model would get them
-        "values": {"fine_tuned_model": model, "evaluation_report": report},
+        "values": {"fine_tuned_model": model.to_json(), "evaluation_report": report.to_json()},
         "evaluation": {
-            "json_path": report["json_path"],
-            "xlsx_path": report["xlsx_path"],
+            "json_path": report.json_path,
+            "xlsx_path": report.xlsx_path,
             "mlflow_candidate_run_id": run.mlflow_run_id,
         },
     }
@@ -317,15 +321,19 @@ def sweep_promoted_model(
     settings: PipelineSettings,
     mlflow: MlflowTracking,
     sweep_leaderboard: dict[str, Any],
-) -> dg.Output[dict[str, Any]]:
+) -> dg.Output[PromotionResult]:
     """``promoted_model`` for the sweep's winner: its model registered (``[evaluator] register_model``) after
     the same lineage check and release gates, with the promotion run nested under the winner's MLflow run."""
     winner = sweep_leaderboard["winner"]
     if winner is None:
-        return dg.Output({"registered": False}, metadata={"skipped": "the sweep has no winner"})
+        return dg.Output(PromotionResult(registered=False), metadata={"skipped": "the sweep has no winner"})
     run = candidate_run(context, settings, mlflow, name=winner)
     values = json.loads(Path(sweep_leaderboard["winner_record"]).read_text(encoding="utf-8"))["values"]
-    return run.output(run.compute(context, evaluation.promote_model, **values))
+    model = FineTunedModel.from_json(values["fine_tuned_model"])
+    report = EvaluationReport.from_json(values["evaluation_report"])
+    return run.output(
+        run.compute(context, evaluation.promote_model, fine_tuned_model=model, evaluation_report=report)
+    )
 
 
 SWEEP_ASSETS = [

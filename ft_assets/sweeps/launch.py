@@ -167,10 +167,10 @@ def sweep_summary(results: dict[str, Any]) -> list[str]:
     if board.get("mlflow_sweep_run_id"):
         lines.append(f"MLflow sweep run {board['mlflow_sweep_run_id']}")
     promotion = results["promotion"]
-    if promotion.get("registered"):
+    if promotion.registered:
         lines.append(
-            f"promoted {board['winner']}: {promotion['name']} version {promotion['version']} ({promotion['alias']})"
+            f"promoted {board['winner']}: {promotion.name} version {promotion.version} ({promotion.alias})"
         )
-    elif promotion.get("failed_gates"):
-        lines.append(f"not promoted: gates failed: {', '.join(promotion['failed_gates'])}")
+    elif promotion.failed_gates:
+        lines.append(f"not promoted: gates failed: {', '.join(promotion.failed_gates)}")
     return lines

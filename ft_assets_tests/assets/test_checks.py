@@ -10,6 +10,7 @@ import dagster as dg
 import pytest
 from mlflow.tracking import MlflowClient
 
+from ft_assets.asset_values import PromotionResult
 from ft_assets.definitions import defs
 from ft_assets.jobs import PIPELINE_ASSETS
 from ft_assets_tests.helpers import pipeline_resources
@@ -48,8 +49,7 @@ def _assert_evaluation_views(result: dg.ExecuteInProcessResult, client: MlflowCl
     assert run.data.metrics["rouge_score/mean"] == pytest.approx(run.data.metrics["eval_rouge_score"])
     report = result.output_for_node("evaluation_report")
     assert (
-        report["comparison"]["rouge_score"]["pairs"]
-        + len(report["comparison"]["rouge_score"]["unpaired_ids"])
+        report.comparison["rouge_score"]["pairs"] + len(report.comparison["rouge_score"]["unpaired_ids"])
         == 60
     )
 
@@ -71,7 +71,7 @@ def test_promotion_follows_the_gates(write_config: Any, tmp_path: Path) -> None:
         first = _materialize(passing, instance)
         assert first.success
         promoted = first.output_for_node("promoted_model")
-        assert promoted == {"registered": True, "name": "tiny", "version": "1", "alias": "champion"}
+        assert promoted == PromotionResult(registered=True, name="tiny", version="1", alias="champion")
         client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
         assert str(client.get_model_version_by_alias("tiny", "champion").version) == "1"
         _assert_evaluation_views(first, client)
@@ -122,8 +122,8 @@ def test_promoting_a_model_whose_inference_was_not_evaluated_is_refused(
     with dg.instance_for_test() as instance:
         first = _materialize(first_config, instance)
         assert first.success
-        evaluated_hash = first.output_for_node("inference_results")["model_hash"]
-        assert first.output_for_node("evaluation_report")["model_hash"] == evaluated_hash
+        evaluated_hash = first.output_for_node("inference_results").model_hash
+        assert first.output_for_node("evaluation_report").model_hash == evaluated_hash
 
         # A different training config: a new model, then evaluation_job without inference_job.
         retrained = write_config(
@@ -131,7 +131,7 @@ def test_promoting_a_model_whose_inference_was_not_evaluated_is_refused(
         )
         training = _run_job("finetuning_job", retrained, instance)
         assert training.success
-        new_hash = training.output_for_node("fine_tuned_model")["fingerprint"]
+        new_hash = training.output_for_node("fine_tuned_model").fingerprint
         assert new_hash != evaluated_hash
 
         evaluation = _run_job("evaluation_job", retrained, instance)
@@ -157,7 +157,7 @@ def test_incomplete_inference_blocks_the_report_and_promotion(write_config: Any)
         result = _materialize(blocking, instance)
         checks = {e.check_name: (e.passed, e.severity) for e in result.get_asset_check_evaluations()}
         assert checks["inference_complete"] == (False, dg.AssetCheckSeverity.ERROR)
-        assert result.output_for_node("inference_results")["empty_responses"] > 0
+        assert result.output_for_node("inference_results").empty_responses > 0
         assert not result.asset_materializations_for_node("evaluation_report")
         assert not result.asset_materializations_for_node("promoted_model")
 
@@ -168,7 +168,7 @@ def test_incomplete_inference_blocks_the_report_and_promotion(write_config: Any)
         )
         second = _materialize(warning, instance, ["evaluation_report", "promoted_model"])
         assert second.success
-        assert second.output_for_node("promoted_model") == {
-            "registered": False,
-            "failed_gates": ["inference_complete"],
-        }
+        assert second.output_for_node("promoted_model") == PromotionResult(
+            registered=False,
+            failed_gates=["inference_complete"],
+        )

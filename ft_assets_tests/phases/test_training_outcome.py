@@ -26,11 +26,11 @@ def test_a_qlora_outcome_says_it_is_evaluated_on_the_unquantized_base(
     untracked = PhaseRun("finetuning", logging.getLogger(__name__))
     outcome = execute(request, untracked)
 
-    assert outcome.value["base_quantization"] == "nf4-4bit"
-    assert "unquantized" in outcome.value["evaluation_base"]
-    assert outcome.metadata["evaluation_base"]["raw_value"] == outcome.value["evaluation_base"]
+    assert outcome.value.base_quantization == "nf4-4bit"
+    assert "unquantized" in outcome.value.evaluation_base
+    assert outcome.metadata["evaluation_base"]["raw_value"] == outcome.value.evaluation_base
     trained = outcome.metadata["trained_tokens"]["raw_value"]
     assert 0 < trained < outcome.metadata["seen_tokens"]["raw_value"]
     info = json.loads((tmp_path / "adapter" / MODEL_INFO_FILE).read_text())
-    assert info["evaluation_base"] == outcome.value["evaluation_base"]
+    assert info["evaluation_base"] == outcome.value.evaluation_base
     assert info["config"]["train_on_turns"] == "all", "the settings survive the request's JSON round trip"

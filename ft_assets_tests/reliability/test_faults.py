@@ -25,6 +25,7 @@ import psutil
 import pytest
 from mlflow import MlflowClient
 
+from ft_assets.asset_values import InferenceResults
 from ft_assets.assets.data import evaluation_dataset
 from ft_assets.assets.evaluation import evaluation_report
 from ft_assets.config import load_settings
@@ -218,7 +219,7 @@ def test_a_killed_training_run_publishes_nothing_and_its_rerun_resumes(
     values = metadata(rerun, "fine_tuned_model")
     assert killed_training.killed_at_step <= values["resumed_from_step"] < TRAIN_STEPS
     assert values["steps"] == TRAIN_STEPS
-    adapter = Path(rerun.output_for_node("fine_tuned_model")["path"])
+    adapter = Path(rerun.output_for_node("fine_tuned_model").path)
     assert adapter.parent.name == "fine_tuned_model" and adapter.name == rerun.run_id
     assert visible(adapter.parent) == [rerun.run_id]
     info = json.loads((adapter / "ft_assets_model.json").read_text())
@@ -251,7 +252,7 @@ def test_a_killed_inference_run_publishes_no_jsonl_and_its_rerun_is_complete(
         )
         assert instance.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
     assert rerun.success
-    path = Path(rerun.output_for_node("inference_results")["path"])
+    path = Path(rerun.output_for_node("inference_results").path)
     assert path == outputs / rerun.run_id / "inference_results.jsonl"
     rows = read_jsonl(path)
     assert [row["id"] for row in rows] == row_ids(root / "test.jsonl")
@@ -342,11 +343,19 @@ def test_judge_timeouts_and_garbage_leave_a_complete_report_with_nan_rows(
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-judge-key")
 
     @dg.asset(name="inference_results")
-    def given_inference_results() -> dict[str, Any]:
-        return {"path": str(jsonl), "model_hash": "sha256:tuned", "dataset_hash": "sha256:test"}
+    def given_inference_results() -> InferenceResults:
+        return InferenceResults(
+            path=str(jsonl),
+            rows=len(rows),
+            expected_rows=len(rows),
+            empty_responses=0,
+            model_hash="sha256:tuned",
+            dataset_hash="sha256:test",
+            metrics={},
+        )
 
     @dg.asset(name="base_inference_results")
-    def no_baseline() -> dict[str, Any] | None:
+    def no_baseline() -> InferenceResults | None:
         return None  # as with [inferencer] run_baseline = false
 
     started = time.monotonic()
@@ -359,7 +368,7 @@ def test_judge_timeouts_and_garbage_leave_a_complete_report_with_nan_rows(
     assert result.success, [e.message for e in result.all_events if e.is_failure]
     assert time.monotonic() - started < 120, "a hanging judge must cost one timeout per row, not the run"
     report = result.output_for_node("evaluation_report")
-    summary = json.loads(Path(report["json_path"]).read_text())
+    summary = json.loads(Path(report.json_path).read_text())
     assert summary["row_count"] == len(rows)
     judged = summary["metrics"]["fine_tuned"]["answer_accuracy"]
     assert (judged["count"], judged["nan_count"]) == (3, 3)
@@ -368,7 +377,7 @@ def test_judge_timeouts_and_garbage_leave_a_complete_report_with_nan_rows(
 
     from openpyxl import load_workbook
 
-    sheet = load_workbook(report["xlsx_path"])["Per-sample"]
+    sheet = load_workbook(report.xlsx_path)["Per-sample"]
     header, *body = list(sheet.iter_rows(values_only=True))
     assert [line[0] for line in body] == [row["id"] for row in rows]
     scores = [line[header.index("answer_accuracy")] for line in body]
@@ -483,7 +492,7 @@ def test_mlflow_server_stopped_after_the_first_phase(
             if "MLflow tracking is off for phase" in record.user_message
         ]
         assert len(warnings) == len(later) and all(server.url in text for text in warnings)
-        assert result.output_for_node("evaluation_report")["rows"] == 6
+        assert result.output_for_node("evaluation_report").rows == 6
 
 
 # ------------------------------------------------------------------------------------ concurrent runs
