@@ -198,10 +198,10 @@ def test_leaderboard_agrees_with_each_candidates_report_and_states_its_winner_ru
 
 def test_the_winner_is_promoted_through_promoted_models_gates(sweep: Sweep) -> None:
     board, promotion = sweep.again["leaderboard"], sweep.again["promotion"]
-    assert promotion.registered is True and promotion.name == "sweep-winner"
+    assert promotion["registered"] is True and promotion["name"] == "sweep-winner"
     client = MlflowClient(sweep.tracking_uri)
-    version = client.get_model_version_by_alias("sweep-winner", promotion.alias)
-    assert str(version.version) == promotion.version
+    version = client.get_model_version_by_alias("sweep-winner", promotion["alias"])
+    assert str(version.version) == promotion["version"]
     assert version.run_id == _finetuning_run(sweep, board["winner"])
     # the promotion run is one of the winner's phase runs
     winner = next(r for r in _runs(sweep.tracking_uri) if r.info.run_name == board["winner"])
