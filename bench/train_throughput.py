@@ -255,6 +255,11 @@ def main() -> None:
     best = {name: max(results, key=lambda r: r["tokens_per_s"]) for name, results in runs.items()}
     for name, result in best.items():
         print(describe(name, result))
+    rss = {name: result["peak_rss_mib"] for name, result in best.items()}
+    print(
+        f"rss_ratio={rss['platform'] / rss['tuned']:.3f} (platform / tuned peak RSS: the same settings, "
+        f"checkpointing off); vs plain {rss['platform'] / rss['plain']:.3f} (gradient checkpointing on)"
+    )
     cpu_best = {name: max(r["tokens_per_cpu_s"] for r in results) for name, results in runs.items()}
     print(
         f"cpu_ratio={cpu_best['platform'] / cpu_best['plain']:.3f} (tokens per CPU-second, best of each side)"
