@@ -112,7 +112,7 @@ class SweepRunner:
         base_fingerprint = settings_fingerprint(self.pipeline.settings)
         base_run = None
         if not _base_is_current(instance, base_fingerprint):
-            from ft_assets.sweeps.tracking import sweep_run
+            from ft_assets.sweeps.tracking import reopen_sweep_run, sweep_run
 
             with _environment(self.pipeline._secrets):
                 options = MlflowTracking().options(self.pipeline.settings)
@@ -125,6 +125,9 @@ class SweepRunner:
             )
             if not result.success:
                 raise PipelineError(f"sweep {self.plan.name}: the base model run failed: {_failure(result)}")
+            if parent:
+                with _environment(self.pipeline._secrets):
+                    reopen_sweep_run(options, parent, _log)
             base_run = result.run_id
         done = completed_candidates(instance, self.plan)
         ran: dict[str, str] = {}

@@ -81,6 +81,13 @@ def sweep_run(options: TrackingOptions, plan: SweepPlan, log: LogSink) -> str | 
     return None
 
 
+def reopen_sweep_run(options: TrackingOptions, run_id: str, log: LogSink) -> None:
+    """Mark the sweep's run RUNNING again once its base inference phase has ended it (a phase leaves its
+    parent FINISHED): the candidates are still to come; :func:`record_leaderboard` ends it."""
+    with _optional(options, f"the status of sweep run {run_id}", log):
+        client_for(options.tracking_uri).update_run(run_id, status="RUNNING")
+
+
 def candidate_run(
     options: TrackingOptions, plan: SweepPlan, candidate: Candidate, log: LogSink
 ) -> str | None:
