@@ -8,7 +8,7 @@ from typing import Any
 import dagster as dg
 
 from ft_assets.assets.common import PHASE_CODE_VERSION, preflight_run, run_output_dir, secret
-from ft_assets.assets.data import evaluation_dataset
+from ft_assets.assets.data import testing_dataset
 from ft_assets.phases.gates import check_lineage, release_gates
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import MlflowTracking
@@ -142,7 +142,7 @@ def score_inference(
 evaluation_report = dg.asset(
     name="evaluation_report",
     group_name="evaluation",
-    deps=[evaluation_dataset],
+    deps=[testing_dataset],
     kinds={"mlflow", "excel", "json"},
     code_version=PHASE_CODE_VERSION,
     owners=["team:ml-platform"],

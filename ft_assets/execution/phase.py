@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ft_assets.config import Settings, build_settings, settings_as_data
+from ft_assets.dataset_specs import TESTING, TRAINING, VALIDATION
 from ft_assets.execution.processes import exit_when_orchestrator_gone
 from ft_assets.phases.models import ResolvedModel
 from ft_assets.phases.progress import InferenceProgress, training_progress
@@ -162,11 +163,9 @@ def _finetune(request: PhaseRequest, settings: Settings, run: PhaseRun, log: Log
     output_dir = Path(request.output)
     token = hf_token()
     train_set, validation_set = load_training_data(settings, token)
-    for name, dataset in (("train", train_set), ("validation", validation_set)):
+    for spec, dataset in ((TRAINING, train_set), (VALIDATION, validation_set)):
         if dataset is not None:
-            run.log_dataset(
-                name, dataset.content_hash, dataset.resolved, "training" if name == "train" else "eval"
-            )
+            run.log_dataset(spec.name, dataset.content_hash, dataset.resolved, spec.name)
     result = train(
         settings,
         base,
@@ -250,7 +249,8 @@ def loss_table(log_history: list[dict[str, Any]]) -> str:
 
 
 def _infer(request: PhaseRequest, settings: Settings, run: PhaseRun, log: LogSink) -> PhaseOutcome:
-    from ft_assets.phases.generation import generate, load_test_data
+    from ft_assets.phases.datasets import load_configured
+    from ft_assets.phases.generation import generate
     from ft_assets.phases.models import configured_chat_template
 
     if request.model_dir is None or request.model_hash is None:
@@ -259,8 +259,8 @@ def _infer(request: PhaseRequest, settings: Settings, run: PhaseRun, log: LogSin
     config, prompt_warning = inference_columns(settings.inferencer, Path(request.model_dir))
     if prompt_warning:
         log.warning(prompt_warning)
-    dataset = load_test_data(config, settings.base_dir, hf_token())
-    run.log_dataset("test", dataset.content_hash, dataset.resolved, "testing")
+    dataset = load_configured(TESTING, settings, hf_token(), columns=config)
+    run.log_dataset(TESTING.name, dataset.content_hash, dataset.resolved, TESTING.name)
     template = configured_chat_template(settings)
     progress = InferenceProgress(len(dataset.examples), log.info, label=request.phase)
     result = generate(

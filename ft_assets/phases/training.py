@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ft_assets.config import FineTunerConfig, Settings, load_settings
+from ft_assets.dataset_specs import TRAINING, VALIDATION
 from ft_assets.phases.checkpoints import (
     CheckpointLock,
     checkpoint_root,
@@ -31,7 +32,7 @@ from ft_assets.phases.datasets import (
     Example,
     LoadedDataset,
     check_bad_rows,
-    load_dataset,
+    load_configured,
     split_validation,
 )
 from ft_assets.phases.io import atomic_directory, write_json
@@ -363,28 +364,9 @@ def load_training_data(
     settings: Settings, token: str | None = None
 ) -> tuple[LoadedDataset, LoadedDataset | None]:
     """The training set and the explicit validation set (if configured), both labelled."""
-    config = settings.fine_tuner
-    train_set = load_dataset(
-        config.training_data_id,
-        config,
-        base_dir=settings.base_dir,
-        split=config.dataset_split,
-        revision=config.dataset_revision,
-        token=token,
-        require_ground_truth=True,
-    )
-    validation_set = None
-    if config.validation_data_id:
-        validation_set = load_dataset(
-            config.validation_data_id,
-            config,
-            base_dir=settings.base_dir,
-            split=config.validation_dataset_split,
-            revision=config.dataset_revision,
-            token=token,
-            require_ground_truth=True,
-        )
-    return train_set, validation_set
+    train_set = load_configured(TRAINING, settings, token)
+    has_validation = VALIDATION.source(settings) is not None
+    return train_set, load_configured(VALIDATION, settings, token) if has_validation else None
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,7 +32,7 @@ import dagster as dg
 
 from ft_assets.assets import evaluation, inference, models
 from ft_assets.assets.common import PHASE_CODE_VERSION, preflight_run, run_output_dir
-from ft_assets.assets.data import evaluation_dataset, training_dataset, validation_dataset
+from ft_assets.assets.data import testing_dataset, training_dataset, validation_dataset
 from ft_assets.config import Settings, deep_merge
 from ft_assets.errors import FtAssetsError
 from ft_assets.execution.launcher import GPU_STEP_TAGS, ComputeLauncher
@@ -146,7 +146,7 @@ def sweep_fine_tuned_model(
     )
 
 
-@dg.asset(**_SWEEP_ASSET, **_GPU_STEP, deps=[evaluation_dataset])
+@dg.asset(**_SWEEP_ASSET, **_GPU_STEP, deps=[testing_dataset])
 def sweep_inference_results(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
@@ -161,7 +161,7 @@ def sweep_inference_results(
     return run.output(run.compute(context, inference.infer_fine_tuned_model, **model))
 
 
-@dg.asset(**_SWEEP_ASSET, kinds={"mlflow", "excel", "json"}, deps=[evaluation_dataset])
+@dg.asset(**_SWEEP_ASSET, kinds={"mlflow", "excel", "json"}, deps=[testing_dataset])
 def sweep_evaluation_report(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
