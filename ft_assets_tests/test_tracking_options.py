@@ -12,7 +12,7 @@ from typing import Any
 import mlflow
 import pytest
 
-from ft_assets.config import build_settings
+from ft_assets.config import ConfigError, build_settings
 from ft_assets.config_sections import MlflowConfig
 from ft_assets.resources.tracking import MlflowTracking
 from ft_assets.tracking import open_phase_run
@@ -112,7 +112,7 @@ def test_a_resource_value_is_validated_like_the_toml_key(tmp_path: Path) -> None
         Exception, match=r"resource config system_metrics_sampling_interval: .*greater than 0"
     ):
         MlflowTracking(system_metrics_sampling_interval=-1.0).options(settings)
-    with pytest.raises(Exception, match=r"resource config not_an_option: not an MLflow option"):
+    with pytest.raises(ConfigError, match=r"resource config not_an_option: not an MLflow option"):
         TrackingOptions.resolve(settings, {"not_an_option": 1})
 
 
