@@ -37,13 +37,13 @@ class SensorHarness:
         self.cursor: str | None = None
 
     def tick(self) -> dg.SensorResult:
-        context = dg.build_sensor_context(
+        with dg.build_sensor_context(  # the daemon's way: the settings resource opens a secret scope
             instance=self.instance,
             cursor=self.cursor,
             definitions=defs,
             resources={"settings": self.settings},
-        )
-        result = dataset_change_sensor(context)
+        ) as context:
+            result = dataset_change_sensor(context)
         assert isinstance(result, dg.SensorResult)
         if result.cursor is not None:
             self.cursor = result.cursor

@@ -23,6 +23,7 @@ from ft_assets.tracking_store import (
     client_for,
     ensure_experiment,
     find_or_create_parent,
+    store_artifacts,
     store_metrics,
     store_params,
     store_tags,
@@ -50,7 +51,7 @@ def _optional(options: TrackingOptions, what: str, log: LogSink) -> Iterator[Non
 def _sweep_run(options: TrackingOptions, plan: SweepPlan, log: LogSink) -> tuple[Any, str, str]:
     """A client of the store, the experiment id and the sweep's run id (found, or created)."""
     check_reachable(options.tracking_uri, options.source("tracking_uri"))
-    client = client_for(options.tracking_uri)
+    client = client_for(options.tracking_uri)  # like the phases' client: URI credentials moved out first
     experiment_id = ensure_experiment(
         client, options.tracking_uri, options.experiment_name, options.source("experiment_name")
     )
@@ -123,8 +124,7 @@ def record_leaderboard(
     untracked, as in :func:`candidate_run`)."""
     with _optional(options, "the sweep leaderboard", log):
         client, _experiment, run_id = _sweep_run(options, plan, log)
-        for path in files:
-            client.log_artifact(run_id, str(path))
+        store_artifacts(client, run_id, files)
         winner = next((row for row in board["candidates"] if row["candidate"] == board["winner"]), None)
         store_tags(client, run_id, {TAG_WINNER: board["winner"] or "none", "sweep_rule": board["rule"]})
         if winner is not None:
