@@ -35,8 +35,9 @@ from inference_throughput import seed_loop  # this script's folder is first on s
 
 from ft_assets.config import InferencerConfig, load_settings
 from ft_assets.config_sections import EMBEDDED_TINY
-from ft_assets.phases.datasets import Example
-from ft_assets.phases.generation import generate_rows, load_for_inference, load_test_data
+from ft_assets.dataset_specs import TESTING
+from ft_assets.phases.datasets import Example, load_configured
+from ft_assets.phases.generation import generate_rows, load_for_inference
 from ft_assets.phases.models import (
     LlamaShape,
     build_random_llama,
@@ -127,7 +128,7 @@ def main() -> None:
 
     settings = load_settings()
     base = InferencerConfig(max_new_tokens=args.max_new_tokens, do_sample=False)
-    examples = repeated(load_test_data(base, settings.base_dir).examples, args.rows)
+    examples = repeated(load_configured(TESTING, settings, columns=base).examples, args.rows)
     with tempfile.TemporaryDirectory(prefix="ft-assets-gpu-bench-") as scratch:
         model_dir = Path(scratch) / "model"
         tokenizer_dir = args.tokenizer or default_tokenizer_dir()

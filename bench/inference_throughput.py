@@ -32,8 +32,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from ft_assets.config import EvaluatorConfig, load_settings
 from ft_assets.config_sections import EMBEDDED_SMOLLM2, OFFLINE_METRICS
-from ft_assets.phases.datasets import Example
-from ft_assets.phases.generation import generate_rows, load_for_inference, load_test_data
+from ft_assets.dataset_specs import TESTING
+from ft_assets.phases.datasets import Example, load_configured
+from ft_assets.phases.generation import generate_rows, load_for_inference
 from ft_assets.phases.models import detect_device, resolve_base_model
 
 METRIC_ROWS = 1000
@@ -128,7 +129,7 @@ def main() -> None:
             "stop_strings": [],
         }
     )
-    examples = load_test_data(config, settings.base_dir).examples[: args.rows]
+    examples = load_configured(TESTING, settings, columns=config).examples[: args.rows]
     print(
         f"model {args.model} ({resolved.path}), {device.device} {device.dtype}, {torch.get_num_threads()} threads; "
         f"{len(examples)} rows, max_new_tokens {config.max_new_tokens}, batch_size {config.batch_size}"

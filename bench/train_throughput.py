@@ -16,7 +16,10 @@ a careful TRL user writes it: checkpointing off and the project's length groupin
     python bench/train_throughput.py                                  # embedded SmolLM2-135M, 10 steps
     python bench/train_throughput.py --model embedded:tiny-llama --steps 20
 
-The last two lines are ``tuned_ratio=<platform / tuned tokens/s>`` and ``ratio=<platform / plain tokens/s>``.
+The last two lines are ``tuned_ratio=<platform / tuned tokens/s>`` and ``ratio=<platform / plain tokens/s>``;
+the final loss printed for each side is the mean training loss over the run (the trainer's ``training_loss``).
+``--profile`` times nothing: it records steps 2-3 of each side under ``torch.profiler`` and prints the
+operators that cost the most CPU time, which is where the sides differ.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ RESULT_PREFIX = "BENCH_RESULT "
 LORA = {"rank": 16, "lora_alpha": 32, "target_modules": "all-linear"}
 LEARNING_RATE = 1e-3
 BATCH_SIZE = 8
+#: Operators listed per side by ``--profile``, by self CPU time.
+PROFILE_ROWS = 15
 
 
 def token_meter() -> Any:
@@ -70,12 +75,43 @@ def token_meter() -> Any:
     return TokenMeter()
 
 
+def step_profiler(first_step: int, steps: int) -> Any:
+    """A TrainerCallback recording ``torch.profiler`` (CPU) over ``steps`` optimizer steps from ``first_step``."""
+    import torch
+    from transformers import TrainerCallback
+
+    class StepProfiler(TrainerCallback):
+        def __init__(self) -> None:
+            self.profile: Any = None
+            self.finished = False
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.profile is None and state.global_step + 1 == first_step:
+                self.profile = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+                self.profile.__enter__()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if self.profile is not None and not self.finished and state.global_step >= first_step + steps - 1:
+                self.profile.__exit__(None, None, None)
+                self.finished = True
+
+        def table(self) -> str:
+            if not self.finished:
+                raise SystemExit(f"the profile needs at least {first_step + steps - 1} steps (--steps)")
+            averages = self.profile.key_averages()
+            return averages.table(sort_by="self_cpu_time_total", row_limit=PROFILE_ROWS)
+
+    return StepProfiler()
+
+
 def peak_rss_mib() -> float:
     """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_platform(model_id: str, cache_dir: Path, data: Path, steps: int, scratch: Path) -> dict[str, Any]:
+def run_platform(
+    model_id: str, cache_dir: Path, data: Path, steps: int, scratch: Path, callbacks: list[Any]
+) -> dict[str, Any]:
     from ft_assets.config import build_settings
     from ft_assets.phases.models import resolve_base_model
     from ft_assets.phases.training import load_training_data, train
@@ -106,19 +142,21 @@ def run_platform(model_id: str, cache_dir: Path, data: Path, steps: int, scratch
         validation_set,
         output_dir=scratch / "adapter",
         checkpoint_root=scratch / "checkpoints",
-        callbacks=[meter],
+        callbacks=[meter, *callbacks],
     )
     config = settings.fine_tuner
     return {
         **meter.summary(),
-        "final_loss": result.metrics["train_loss"],
+        "final_loss": result.metrics["train_loss_mean"],
         "setup": f"gradient_checkpointing={config.gradient_checkpointing}, "
         f"sampling={'group_by_length' if config.group_by_length else 'random'}, "
         f"lora_dropout={config.lora_dropout}, dtype={result.device.dtype}",
     }
 
 
-def run_plain(model_path: Path, data: Path, steps: int, scratch: Path, tuned: bool = False) -> dict[str, Any]:
+def run_plain(
+    model_path: Path, data: Path, steps: int, scratch: Path, callbacks: list[Any], tuned: bool = False
+) -> dict[str, Any]:
     import torch
     from datasets import load_dataset
     from peft import LoraConfig
@@ -157,7 +195,7 @@ def run_plain(model_path: Path, data: Path, steps: int, scratch: Path, tuned: bo
             target_modules=LORA["target_modules"],
             task_type="CAUSAL_LM",
         ),
-        callbacks=[meter],
+        callbacks=[meter, *callbacks],
     )
     output = trainer.train()
     return {
@@ -169,14 +207,18 @@ def run_plain(model_path: Path, data: Path, steps: int, scratch: Path, tuned: bo
 
 
 def worker(args: argparse.Namespace) -> None:
+    profiler = step_profiler(first_step=2, steps=2) if args.profile else None
+    callbacks = [profiler] if profiler else []
     with tempfile.TemporaryDirectory(prefix=f"bench-{args.worker}-") as tmp:
         if args.worker == "platform":
-            result = run_platform(args.model, args.cache_dir, args.data, args.steps, Path(tmp))
+            result = run_platform(args.model, args.cache_dir, args.data, args.steps, Path(tmp), callbacks)
         else:
             result = run_plain(
-                args.model_path, args.data, args.steps, Path(tmp), tuned=args.worker == "tuned"
+                args.model_path, args.data, args.steps, Path(tmp), callbacks, tuned=args.worker == "tuned"
             )
     result["peak_rss_mib"] = peak_rss_mib()
+    if profiler:
+        result["profile"] = profiler.table()
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
@@ -184,6 +226,7 @@ def run_side(name: str, args: argparse.Namespace, model_path: Path) -> dict[str,
     command = [
         sys.executable, __file__, "--worker", name, "--model", args.model, "--model-path", str(model_path),
         "--cache-dir", str(args.cache_dir), "--data", str(args.data), "--steps", str(args.steps),
+        *(["--profile"] if args.profile else []),
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if args.threads:
@@ -225,6 +268,11 @@ def main() -> None:
     )
     parser.add_argument("--data", type=Path, default=PROJECT_ROOT / "data" / "demo" / "train.jsonl")
     parser.add_argument("--cache-dir", type=Path, default=PROJECT_ROOT / "artifacts" / "base_model")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of timing: torch.profiler over steps 2-3 of each side, top operators by self CPU time",
+    )
     parser.add_argument("--worker", choices=["platform", "plain", "tuned"], help=argparse.SUPPRESS)
     parser.add_argument("--model-path", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -247,6 +295,11 @@ def main() -> None:
         "gradient_checkpointing=False, group_by_length; tokens/s over steps 2..N, non-padding tokens; "
         "best of each side over the repeats"
     )
+    if args.profile:
+        for name in ("platform", "plain", "tuned"):
+            result = run_side(name, args, base.path)
+            print(f"\n{name}: steps 2-3 under torch.profiler ({result['setup']})\n{result['profile']}")
+        return
     runs: dict[str, list[dict[str, Any]]] = {"platform": [], "plain": [], "tuned": []}
     for repeat in range(args.repeats):
         for name, results in runs.items():
@@ -255,6 +308,11 @@ def main() -> None:
     best = {name: max(results, key=lambda r: r["tokens_per_s"]) for name, results in runs.items()}
     for name, result in best.items():
         print(describe(name, result))
+    rss = {name: result["peak_rss_mib"] for name, result in best.items()}
+    print(
+        f"rss_ratio={rss['platform'] / rss['tuned']:.3f} (platform / tuned peak RSS: the same settings, "
+        f"checkpointing off); vs plain {rss['platform'] / rss['plain']:.3f} (gradient checkpointing on)"
+    )
     cpu_best = {name: max(r["tokens_per_cpu_s"] for r in results) for name, results in runs.items()}
     print(
         f"cpu_ratio={cpu_best['platform'] / cpu_best['plain']:.3f} (tokens per CPU-second, best of each side)"

@@ -3,7 +3,7 @@ changed one.
 
 ``dataset_change_sensor`` is on by default (it runs wherever the Dagster daemon runs, e.g. ``make ui``).
 Every ``FT_ASSETS_DATASET_SENSOR_INTERVAL_S`` seconds (default 60) it computes the version of each dataset
-in :data:`ft_assets.assets.data.DATASETS` (sha256 of the local content, ``hf:<revision>`` for a hub
+in :data:`ft_assets.dataset_specs.DATASETS` (sha256 of the local content, ``hf:<revision>`` for a hub
 dataset) and compares it with the versions kept in its cursor:
 
 * first evaluation: the versions become the baseline and are recorded as observations; nothing is launched;
@@ -38,8 +38,9 @@ import dagster as dg
 from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
-from ft_assets.assets.data import DATASETS, DatasetSlot
+from ft_assets.assets.data import asset_key, dataset_version, local_path
 from ft_assets.config import Settings, deep_merge
+from ft_assets.dataset_specs import DATASETS, DatasetSpec
 from ft_assets.errors import FtAssetsError
 from ft_assets.jobs import PIPELINE_ASSETS, fine_tune_pipeline
 from ft_assets.phases.dataset_files import data_version
@@ -132,13 +133,13 @@ def pin_datasets(settings: Settings) -> tuple[dict[str, str], dict[str, dict[str
     root = settings.artifacts_root / SNAPSHOT_DIR
     versions: dict[str, str] = {}
     overrides: dict[str, dict[str, str]] = {}
-    for slot in DATASETS:
-        local = slot.local_path(settings)
+    for spec in DATASETS:
+        local = local_path(spec, settings)
         if local is None:
-            versions[slot.asset] = slot.version(settings)
+            versions[spec.asset] = dataset_version(spec, settings)
             continue
-        versions[slot.asset], copy = snapshot_dataset(local, root / slot.asset)
-        overrides.setdefault(slot.section, {})[slot.key] = str(copy)
+        versions[spec.asset], copy = snapshot_dataset(local, root / spec.asset)
+        overrides.setdefault(spec.section, {})[spec.key] = str(copy)
     return versions, overrides
 
 
@@ -167,19 +168,19 @@ def rerun_request(
 def recorded_versions(instance: dg.DagsterInstance) -> dict[str, str]:
     """The newest data version recorded for each dataset asset, by this sensor or by a run's observation."""
     versions = {}
-    for slot in DATASETS:
-        records = instance.fetch_observations(slot.asset_key, limit=1).records
+    for spec in DATASETS:
+        records = instance.fetch_observations(asset_key(spec), limit=1).records
         observation = records[0].asset_observation if records else None
         if observation is not None and DATA_VERSION_TAG in observation.tags:
-            versions[slot.asset] = observation.tags[DATA_VERSION_TAG]
+            versions[spec.asset] = observation.tags[DATA_VERSION_TAG]
     return versions
 
 
-def _observation(slot: DatasetSlot, version: str, settings: Settings) -> dg.AssetObservation:
+def _observation(spec: DatasetSpec, version: str, settings: Settings) -> dg.AssetObservation:
     return dg.AssetObservation(
-        asset_key=slot.asset_key,
+        asset_key=asset_key(spec),
         tags={DATA_VERSION_TAG: version},
-        metadata={"source": redact(slot.source(settings) or "not configured"), "data_version": version},
+        metadata={"source": redact(spec.source(settings) or "not configured"), "data_version": version},
     )
 
 
@@ -196,17 +197,17 @@ def _observation(slot: DatasetSlot, version: str, settings: Settings) -> dg.Asse
 def dataset_change_sensor(context: dg.SensorEvaluationContext, settings: PipelineSettings) -> dg.SensorResult:
     """See the module docstring."""
     resolved = settings.load()
-    current = {slot.asset: slot.version(resolved) for slot in DATASETS}
+    current = {spec.asset: dataset_version(spec, resolved) for spec in DATASETS}
     previous: dict[str, str] | None = json.loads(context.cursor) if context.cursor else None
     if previous is None:
         return dg.SensorResult(
             cursor=json.dumps(current),
-            asset_events=[_observation(slot, current[slot.asset], resolved) for slot in DATASETS],
+            asset_events=[_observation(spec, current[spec.asset], resolved) for spec in DATASETS],
             skip_reason="recorded the dataset versions as the baseline",
         )
     # a run that observed a dataset itself (its job observes the datasets first) recorded a newer baseline
     previous = {**previous, **recorded_versions(context.instance)}
-    changed = [slot for slot in DATASETS if previous.get(slot.asset) != current[slot.asset]]
+    changed = [spec for spec in DATASETS if previous.get(spec.asset) != current[spec.asset]]
     if not changed:
         return dg.SensorResult(skip_reason="no dataset changed")
     try:
@@ -214,22 +215,22 @@ def dataset_change_sensor(context: dg.SensorEvaluationContext, settings: Pipelin
     except (OSError, FtAssetsError) as error:
         # Report and move on: retrying every tick would fail the same way until someone fixes it.
         problem = (
-            f"could not snapshot the changed datasets {[slot.asset for slot in changed]}: {error}; "
+            f"could not snapshot the changed datasets {[spec.asset for spec in changed]}: {error}; "
             "no run was requested for this change: fix the cause, then launch the run by hand "
             "(the next change of a dataset is picked up as usual)"
         )
         context.log.error(problem)
         return dg.SensorResult(cursor=json.dumps(current), skip_reason=problem)
-    for slot in changed:
-        context.log.info(f"{slot.asset} changed: {previous.get(slot.asset)} -> {versions[slot.asset]}")
+    for spec in changed:
+        context.log.info(f"{spec.asset} changed: {previous.get(spec.asset)} -> {versions[spec.asset]}")
     asset_graph = context.repository_def.asset_graph
     selection = rerun_selection(
-        (slot.asset_key for slot in changed),
+        (asset_key(spec) for spec in changed),
         asset_graph,
         lambda key: context.instance.get_latest_materialization_event(key) is not None,
     )
     return dg.SensorResult(
         run_requests=[rerun_request(settings, versions, overrides, selection)],
         cursor=json.dumps(versions),
-        asset_events=[_observation(slot, versions[slot.asset], resolved) for slot in changed],
+        asset_events=[_observation(spec, versions[spec.asset], resolved) for spec in changed],
     )

@@ -37,6 +37,7 @@ from ft_assets.config_sections import (
     did_you_mean,
 )
 from ft_assets.dataset_columns import INHERITED_COLUMN_KEYS, inherit_unset_keys, inherited_templates
+from ft_assets.dataset_specs import COLUMN_INHERITANCE, DATASETS
 from ft_assets.secrets import has_url_credentials, map_strings, strip_credentials
 from ft_assets.sweeps.section import SweepConfig
 
@@ -72,8 +73,9 @@ class Settings(ConfigSection):
         return self.resolve_path(configured) if configured else default_model_cache_dir()
 
     @model_validator(mode="after")
-    def _inference_inherits_training_columns(self) -> Settings:
-        inherit_unset_keys(self.fine_tuner, self.inferencer, INHERITED_COLUMN_KEYS)
+    def _datasets_inherit_columns(self) -> Settings:
+        for target, source in COLUMN_INHERITANCE:
+            inherit_unset_keys(getattr(self, source), getattr(self, target), INHERITED_COLUMN_KEYS)
         return self
 
     def flat_params(self) -> dict[str, str]:
@@ -153,7 +155,9 @@ def build_settings(
         raise ConfigError(_format_validation_error(error, source)) from None
     if base_dir is not None:
         settings.base_dir = base_dir
-    settings._env_templates = inherited_templates(expanded, templates)
+    for target, inherited_from in COLUMN_INHERITANCE:
+        templates = inherited_templates(expanded, templates, target, inherited_from)
+    settings._env_templates = templates
     return settings
 
 
@@ -195,14 +199,6 @@ def config_base_dir(file: Path) -> Path:
     return file.parent.parent if file.parent.name == "config" else file.parent
 
 
-#: The keys that name a dataset: a local file or parquet folder (relative to the project), or a hub id.
-DATASET_KEYS = (
-    ("fine_tuner", "training_data_id"),
-    ("fine_tuner", "validation_data_id"),
-    ("inferencer", "testing_data_id"),
-)
-
-
 def relocated_config(
     source: str | os.PathLike[str],
     destination: str | os.PathLike[str],
@@ -214,22 +210,23 @@ def relocated_config(
     """Write a copy of config file ``source`` that works from any folder, with every output under
     ``outputs_root``; returns ``destination``.
 
-    In the copy: the dataset paths of :data:`DATASET_KEYS` that name local files or folders relative to
-    the source's project (resolved as :func:`load_settings` does) are absolute, while hub ids and absolute
-    paths are left as they are; ``[pipeline] artifacts_root`` is ``<outputs_root>/artifacts``; ``[mlflow]
-    tracking_uri`` is the sqlite store ``<outputs_root>/mlflow.db``; ``[pipeline] model_cache_dir`` is
-    ``model_cache_dir`` when given. ``overrides`` are then deep-merged over the result, so they win.
+    In the copy: the dataset keys of the table :data:`~ft_assets.dataset_specs.DATASETS` that name local
+    files or folders relative to the source's project (resolved as :func:`load_settings` does) are absolute,
+    while hub ids and absolute paths are left as they are; ``[pipeline] artifacts_root`` is
+    ``<outputs_root>/artifacts``; ``[mlflow] tracking_uri`` is the sqlite store ``<outputs_root>/mlflow.db``;
+    ``[pipeline] model_cache_dir`` is ``model_cache_dir`` when given. ``overrides`` are then deep-merged
+    over the result, so they win.
     """
     file = _config_file(source)
     base_dir = config_base_dir(file)
     data = read_toml(file)
-    for section, key in DATASET_KEYS:
-        value = data.get(section, {}).get(key)
+    for spec in DATASETS:
+        value = data.get(spec.section, {}).get(spec.key)
         if not isinstance(value, str) or not value:
             continue
         path = Path(value).expanduser()
         if not path.is_absolute() and (base_dir / path).exists():
-            data[section][key] = str((base_dir / path).resolve())
+            data[spec.section][spec.key] = str((base_dir / path).resolve())
     root = Path(outputs_root)
     pipeline: dict[str, Any] = {"artifacts_root": str(root / "artifacts")}
     if model_cache_dir is not None:

@@ -249,18 +249,38 @@ class EvaluatorConfig(ConfigSection):
         return self
 
 
-class MlflowConfig(ConfigSection):
-    """``[mlflow]``: where runs go and how they are named. Credentials come from the environment."""
+#: ``json_schema_extra`` key of an ``[mlflow]`` field that an environment variable overrides.
+ENV_OVERRIDE = "env_override"
 
-    tracking_uri: str | None = None
-    experiment_name: str = "fine-tune-pipeline"
-    run_name: str | None = None
-    run_name_prefix: str = ""
-    run_name_suffix: str = ""
-    required: bool = True
-    log_system_metrics: bool = True
-    system_metrics_sampling_interval: float = Field(10.0, gt=0)
-    log_model: bool = True
+
+class MlflowConfig(ConfigSection):
+    """``[mlflow]``: where runs go and how they are named. Credentials come from the environment.
+
+    The one declaration of the MLflow options: each field is a TOML key here, an (optional) field of the
+    ``MlflowTracking`` resource and an attribute of the resolved ``TrackingOptions``, both derived from
+    these fields; the description is what the Dagster launchpad shows.
+    """
+
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (http(s)://host:port or sqlite:///path); unset: mlflow.db in the "
+        "project folder",
+        json_schema_extra={ENV_OVERRIDE: "MLFLOW_TRACKING_URI"},
+    )
+    experiment_name: str = Field(
+        "fine-tune-pipeline",
+        description="MLflow experiment of the runs",
+        json_schema_extra={ENV_OVERRIDE: "MLFLOW_EXPERIMENT_NAME"},
+    )
+    run_name: str | None = Field(None, description="parent run name; unset: a timestamp and the run id")
+    run_name_prefix: str = Field("", description="text put before the parent run name")
+    run_name_suffix: str = Field("", description="text put after the parent run name")
+    required: bool = Field(True, description="false: run untracked (with a warning) when MLflow is down")
+    log_system_metrics: bool = Field(True, description="sample CPU/GPU/memory into each phase run")
+    system_metrics_sampling_interval: float = Field(
+        10.0, gt=0, description="seconds between system metric samples"
+    )
+    log_model: bool = Field(True, description="log the fine-tuned adapter as an MLflow model")
 
 
 class PipelineConfig(ConfigSection):

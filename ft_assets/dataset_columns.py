@@ -2,8 +2,9 @@
 
 A key of the column mapping that ``[inferencer]`` does not set itself takes ``[fine_tuner]``'s value, so a
 model is evaluated with the prompts it was trained on; the validation set is read with ``[fine_tuner]``'s
-keys anyway. "Set" means written in the section (pydantic's ``model_fields_set``), not "different from the
-default": ``[inferencer] system_prompt_override_text`` left out inherits, set explicitly it wins.
+keys anyway (which section inherits from which: :data:`ft_assets.dataset_specs.COLUMN_INHERITANCE`).
+"Set" means written in the section (pydantic's ``model_fields_set``), not "different from the default":
+``[inferencer] system_prompt_override_text`` left out inherits, set explicitly it wins.
 """
 
 from __future__ import annotations
@@ -29,13 +30,15 @@ def inherit_unset_keys(source: BaseModel, target: BaseModel, keys: Iterable[str]
             setattr(target, key, getattr(source, key))
 
 
-def inherited_templates(data: Mapping[str, Any], templates: Mapping[tuple, str]) -> dict[tuple, str]:
-    """``templates`` (key path -> the ``${VAR}`` text it was expanded from) plus the paths of the
-    ``[inferencer]`` keys that inherit an expanded ``[fine_tuner]`` value: an inherited secret stays a secret."""
-    explicit = data.get("inferencer") or {}
+def inherited_templates(
+    data: Mapping[str, Any], templates: Mapping[tuple, str], target: str, source: str
+) -> dict[tuple, str]:
+    """``templates`` (key path -> the ``${VAR}`` text it was expanded from) plus the paths of the ``target``
+    section's keys that inherit an expanded ``source`` value: an inherited secret stays a secret."""
+    explicit = data.get(target) or {}
     inherited = {
-        ("inferencer", key): templates[("fine_tuner", key)]
+        (target, key): templates[(source, key)]
         for key in INHERITED_COLUMN_KEYS
-        if ("fine_tuner", key) in templates and key not in explicit
+        if (source, key) in templates and key not in explicit
     }
     return {**templates, **inherited}

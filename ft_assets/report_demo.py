@@ -8,6 +8,8 @@ from pathlib import Path
 
 import dagster as dg
 
+from ft_assets.phases.formatting import estimate_text
+
 ASSETS = (
     "base_model",
     "fine_tuned_model",
@@ -27,11 +29,7 @@ def _latest_metadata(instance: dg.DagsterInstance, asset: str) -> dict[str, obje
 
 
 def _cell(mean: object, low: object = None, high: object = None) -> str:
-    if not isinstance(mean, int | float):
-        return "-"
-    if isinstance(low, int | float) and isinstance(high, int | float):
-        return f"{mean:.3f} [{low:.3f}, {high:.3f}]"
-    return f"{mean:.3f}"
+    return estimate_text(mean, low, high, missing="-")
 
 
 def comparison_table(summary_path: Path) -> str:

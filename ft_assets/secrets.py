@@ -7,6 +7,11 @@ registered with :func:`register_secret` (every value that came from a ``${VAR}``
 ``--hf-key-file``). Credentials inside any URL (``scheme://user:password@host``, ``scheme://token@host``)
 are secret whatever the scheme.
 
+Registered values belong to the run that registered them: inside :func:`secret_scope` (each Dagster step,
+through the settings resource) they are secret until the scope ends, so a long-lived process does not keep
+an old run's values and refuse a later run's files for holding them. Values registered outside any scope
+(a CLI run, one per process) stay for the process. The environment's secrets are always secret.
+
 Redaction of text replaces substrings (it is meant for messages, logs and tags); structured data (settings
 crossing a process boundary) is never redacted by substring: :func:`redact_value` walks dicts and lists and
 replaces whole strings only.
@@ -14,11 +19,15 @@ replaces whole strings only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import threading
 import urllib.parse
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import IO, Any
 
@@ -49,7 +58,22 @@ _SECRET_NAME = re.compile(
 _URL_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/\s\"'<>]*)@")
 
 _CHUNK = 1 << 24
+
+
+class _Scope:
+    """The values one run registered; open while its :func:`secret_scope` block runs."""
+
+    def __init__(self) -> None:
+        self.values: set[str] = set()
+        self.open = True
+
+
+#: Registered outside any scope: secret for the rest of the process.
 _registered: set[str] = set()
+#: Every open scope, whatever its thread: a concurrent run's values stay secret for every thread.
+_open_scopes: list[_Scope] = []
+_current_scope: ContextVar[_Scope | None] = ContextVar("ft_assets_secret_scope", default=None)
+_lock = threading.Lock()
 
 
 class SecretFoundError(FtAssetsError, ValueError):
@@ -67,10 +91,38 @@ def is_secret_name(name: str, value: str | None = None) -> bool:
     return value is not None and has_url_credentials(value)
 
 
+@contextmanager
+def secret_scope() -> Iterator[None]:
+    """Values registered in the block (by this thread) are secret until it ends, then released; scopes
+    nest. A value registered while no scope is open stays secret for the process."""
+    scope = _Scope()
+    with _lock:
+        _open_scopes.append(scope)
+    token = _current_scope.set(scope)
+    try:
+        yield
+    finally:
+        with _lock:
+            scope.open = False
+            _open_scopes.remove(scope)
+        # Ended from another context (ValueError): registrations there go to the process, the scope is closed.
+        with contextlib.suppress(ValueError):
+            _current_scope.reset(token)
+
+
 def register_secret(value: str) -> None:
-    """Treat ``value`` as a secret in this process from now on (redacted everywhere it could be logged)."""
-    if len(value) >= MIN_SECRET_LENGTH:
-        _registered.add(value)
+    """Treat ``value`` as a secret (redacted everywhere it could be logged, refused in uploads) until the
+    current :func:`secret_scope` ends; with none open, for the rest of the process."""
+    if len(value) < MIN_SECRET_LENGTH:
+        return
+    scope = _current_scope.get()
+    with _lock:
+        (scope.values if scope is not None and scope.open else _registered).add(value)
+
+
+def _registered_values() -> set[str]:
+    with _lock:
+        return _registered.union(*(scope.values for scope in _open_scopes))
 
 
 def register_url_credentials(text: str) -> None:
@@ -91,7 +143,7 @@ def secret_values(env: Mapping[str, str] | None = None) -> list[tuple[str, str]]
         if len(value) >= (MIN_SECRET_LENGTH if name in SECRET_ENV_VARS else MIN_GUESSED_SECRET_LENGTH)
         and is_secret_name(name, value)
     ]
-    found += [("a ${VAR} expansion or key file", value) for value in _registered]
+    found += [("a ${VAR} expansion or key file", value) for value in _registered_values()]
     unique = {value: name for name, value in reversed(found)}
     # Longest first, so a secret that contains another one is replaced whole.
     return sorted(((name, value) for value, name in unique.items()), key=lambda item: -len(item[1]))

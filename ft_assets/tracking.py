@@ -177,6 +177,7 @@ class _Tracker:
             run_id=child_id,
             parent_run_id=parent_id,
             required=options.required,
+            log_model=options.log_model,
         )
         self.log.info(
             f"MLflow {self.phase} run {run.url or child_id} (parent {parent_id}) "

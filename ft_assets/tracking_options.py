@@ -12,17 +12,15 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
+
+from pydantic import ConfigDict, Field, ValidationError
 
 from ft_assets.config import ConfigError, Settings
+from ft_assets.config_sections import ENV_OVERRIDE, MlflowConfig
 from ft_assets.errors import FtAssetsError
 from ft_assets.secrets import is_secret_name, strip_credentials
-
-if TYPE_CHECKING:
-    pass
-
 
 #: Where an MLflow UI serves a non-http store (sqlite), so runs still get clickable links.
 MLFLOW_UI_URL_ENV = "MLFLOW_UI_URL"
@@ -119,45 +117,47 @@ def validate_run_name(name: str, parts: Mapping[str, str]) -> str:
 # ------------------------------------------------------------------------------------------- options
 
 
-@dataclass(frozen=True)
-class TrackingOptions:
-    """The resolved MLflow settings for one phase, with where each value came from."""
+class TrackingOptions(MlflowConfig):
+    """The resolved MLflow settings for one phase, with where each value came from.
 
-    tracking_uri: str
-    experiment_name: str
-    run_name: str | None = None
-    run_name_prefix: str = ""
-    run_name_suffix: str = ""
-    parent_run_id: str | None = None
-    env_to_tag: tuple[str, ...] = ()
-    extra_tags: Mapping[str, str] = field(default_factory=dict)
-    required: bool = True
-    log_system_metrics: bool = True
-    system_metrics_sampling_interval: float = 10.0
-    sources: Mapping[str, str] = field(default_factory=dict)
+    Its fields are every ``[mlflow]`` key (inherited from :class:`MlflowConfig`, so a new key is a resolved
+    option too) plus the options only the tracking resource sets; the ``MlflowTracking`` resource's fields
+    are derived from them (:data:`OPTION_NAMES`). ``TrackingOptions(uri, experiment, **others)`` takes the
+    first two positionally.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tracking_uri: str = Field(description=MlflowConfig.model_fields["tracking_uri"].description)
+    parent_run_id: str | None = Field(None, description="attach to this existing MLflow parent run")
+    env_to_tag: list[str] = Field(
+        default_factory=list, description="environment variables whose values tag every run"
+    )
+    extra_tags: dict[str, str] = Field(default_factory=dict, description="tags put on every run")
+    sources: dict[str, str] = Field(default_factory=dict, exclude=True)
+
+    def __init__(self, *positional: str, **values: Any) -> None:
+        if len(positional) > 2:
+            raise TypeError("TrackingOptions takes at most tracking_uri and experiment_name positionally")
+        super().__init__(**dict(zip(("tracking_uri", "experiment_name"), positional, strict=False)), **values)
 
     @classmethod
     def resolve(cls, settings: Settings, overrides: Mapping[str, Any] | None = None) -> TrackingOptions:
-        """``[mlflow]`` section < ``overrides`` (resource fields; ``None`` = unset) < ``MLFLOW_*`` env vars.
+        """``[mlflow]`` section < ``overrides`` (resource fields; ``None`` = unset) < environment variables
+        (:data:`ENV_OVERRIDES`: ``MLFLOW_TRACKING_URI``, ``MLFLOW_EXPERIMENT_NAME``).
 
         With no tracking URI anywhere, runs go to ``sqlite:///<settings.base_dir>/mlflow.db``. Relative
         ``sqlite:///`` paths from the config are resolved against ``settings.base_dir``.
         """
-        section = settings.mlflow
-        keys = (
-            "tracking_uri", "experiment_name", "run_name", "run_name_prefix", "run_name_suffix",
-            "required", "log_system_metrics", "system_metrics_sampling_interval",
-        )  # fmt: skip
-        values: dict[str, Any] = {key: getattr(section, key) for key in keys}
-        sources = {key: f"[mlflow] {key}" for key in keys}
+        values: dict[str, Any] = settings.mlflow.model_dump()
+        sources = {key: f"[mlflow] {key}" for key in values}
         for key, value in (overrides or {}).items():
+            if key not in OPTION_NAMES:
+                raise ConfigError(f"resource config {key}: not an MLflow option ({', '.join(OPTION_NAMES)})")
             if value is not None:
                 values[key] = value
                 sources[key] = f"resource config {key}"
-        for key, var in (
-            ("tracking_uri", "MLFLOW_TRACKING_URI"),
-            ("experiment_name", "MLFLOW_EXPERIMENT_NAME"),
-        ):
+        for key, var in ENV_OVERRIDES.items():
             if os.environ.get(var):
                 values[key] = os.environ[var]
                 sources[key] = f"environment variable {var}"
@@ -172,33 +172,19 @@ class TrackingOptions:
         values["tracking_uri"] = uri
         if not values["experiment_name"]:
             raise ConfigError(f"{sources['experiment_name']}: the MLflow experiment name is empty")
-        interval = float(values["system_metrics_sampling_interval"])
-        if not interval > 0:
-            raise ConfigError(
-                f"{sources['system_metrics_sampling_interval']}: must be a positive number of seconds "
-                f"(got {interval})"
-            )
-        env_to_tag = tuple(values.get("env_to_tag") or ())
-        for var in env_to_tag:
+        for var in values.get("env_to_tag") or ():
             if is_secret_name(var, os.environ.get(var)):
                 raise ConfigError(
-                    f"resource config env_to_tag lists {var!r}, which holds a secret; "
-                    "secrets are never logged"
+                    f"{sources['env_to_tag']} lists {var!r}, which holds a secret; secrets are never logged"
                 )
-        return cls(
-            tracking_uri=uri,
-            experiment_name=str(values["experiment_name"]),
-            run_name=values["run_name"] or None,
-            run_name_prefix=values["run_name_prefix"] or "",
-            run_name_suffix=values["run_name_suffix"] or "",
-            parent_run_id=values.get("parent_run_id") or None,
-            env_to_tag=env_to_tag,
-            extra_tags=dict(values.get("extra_tags") or {}),
-            required=bool(values["required"]),
-            log_system_metrics=bool(values["log_system_metrics"]),
-            system_metrics_sampling_interval=interval,
-            sources=sources,
-        )
+        try:
+            return cls(**values, sources=sources)
+        except ValidationError as error:
+            problem = error.errors()[0]
+            key = str(problem["loc"][0]) if problem["loc"] else "?"
+            raise ConfigError(
+                f"{sources.get(key, key)}: {problem['msg']}"
+            ) from None  # no value: it may be secret
 
     def source(self, key: str) -> str:
         """Where option ``key`` came from, for error messages."""
@@ -211,6 +197,16 @@ class TrackingOptions:
         parts[self.source("run_name_prefix")] = self.run_name_prefix
         parts[self.source("run_name_suffix")] = self.run_name_suffix
         return validate_run_name(f"{self.run_name_prefix}{base}{self.run_name_suffix}", parts)
+
+
+#: The options a tracking resource can set: every field of :class:`TrackingOptions` but ``sources``.
+OPTION_NAMES = tuple(name for name in TrackingOptions.model_fields if name != "sources")
+#: ``[mlflow]`` keys an environment variable overrides (declared on :class:`MlflowConfig`'s fields).
+ENV_OVERRIDES = {
+    name: str(info.json_schema_extra[ENV_OVERRIDE])
+    for name, info in MlflowConfig.model_fields.items()
+    if isinstance(info.json_schema_extra, dict) and ENV_OVERRIDE in info.json_schema_extra
+}
 
 
 def check_reachable(uri: str, source: str = "tracking_uri") -> None:

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 from ft_assets.tracking_options import MLFLOW_UI_URL_ENV, LogSink
 from ft_assets.tracking_store import dataset_entity, store_metrics, store_params, store_tags
 
+#: Set to ``false`` in a phase process whose resolved ``log_model`` option is off (unset: on).
+LOG_MODEL_ENV = "FT_ASSETS_MLFLOW_LOG_MODEL"
+
 
 @dataclass(frozen=True)
 class OrchestratorRun:
@@ -48,6 +51,7 @@ class PhaseRun:
         run_id: str | None = None,
         parent_run_id: str | None = None,
         required: bool = True,
+        log_model: bool = True,
     ) -> None:
         self.phase = phase
         self.run_id = run_id
@@ -59,6 +63,8 @@ class PhaseRun:
         self._client = client
         self._log = log
         self._required = required
+        #: ``[mlflow] log_model`` as resolved: ``False`` makes :meth:`log_peft_model` log nothing.
+        self.log_model = log_model
 
     @property
     def enabled(self) -> bool:
@@ -171,8 +177,8 @@ class PhaseRun:
         """Log a PEFT adapter folder (adapter + tokenizer, ``save_pretrained``) as an MLflow
         transformers model in this run; returns its model URI. A local base model is referenced by
         path (adapter-only artifact). With ``registered_model_name`` the version lands in
-        :attr:`registered_model_version`."""
-        if not self.enabled:
+        :attr:`registered_model_version`. Nothing is logged (``None``) with ``log_model`` off."""
+        if not self.enabled or not self.log_model:
             return None
         import mlflow
 
@@ -239,11 +245,12 @@ class PhaseRun:
         if not self.enabled:
             return {}
         uri = str(self.tracking_uri)
-        return {
+        env = {
             "MLFLOW_TRACKING_URI": uri if with_credentials else strip_credentials(uri),
             "MLFLOW_RUN_ID": str(self.run_id),
             "MLFLOW_EXPERIMENT_ID": str(self.experiment_id),
         }
+        return env if self.log_model else {**env, LOG_MODEL_ENV: "false"}
 
 
 def _model_requirements() -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ft_assets.config import ConfigError, Settings
-from ft_assets.secrets import redact
+from ft_assets.secrets import redact, refuse_secrets
 from ft_assets.tracking_keys import (
     MAX_KEY_LENGTH,
     MAX_TAG_VALUE_LENGTH,
@@ -42,17 +42,32 @@ from ft_assets.tracking_options import (
     TAG_ROLE,
     TRAINING_EXPERIMENT_KIND,
     LogSink,
+    adopt_credentials,
 )
 
 _log = logging.getLogger(__name__)
 
 
 def client_for(uri: str) -> MlflowClient:
+    """The one way this project opens an MLflow client: credentials in an http(s) ``uri`` are moved to
+    MLflow's variables first (:func:`adopt_credentials`), so no client holds, prints or logs them."""
     # MLflow otherwise reports usage to an outside host from every process that logs.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient
 
+    uri = adopt_credentials(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def store_artifacts(
+    client: MlflowClient, run_id: str, files: Iterable[Path], artifact_path: str | None = None
+) -> None:
+    """Upload ``files`` to the run; refused (:class:`~ft_assets.secrets.SecretFoundError`) when any holds a
+    secret's value, before anything is uploaded."""
+    paths = list(files)
+    refuse_secrets(paths)
+    for path in paths:
+        client.log_artifact(run_id, str(path), artifact_path)
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -37,13 +37,13 @@ class SensorHarness:
         self.cursor: str | None = None
 
     def tick(self) -> dg.SensorResult:
-        context = dg.build_sensor_context(
+        with dg.build_sensor_context(  # the daemon's way: the settings resource opens a secret scope
             instance=self.instance,
             cursor=self.cursor,
             definitions=defs,
             resources={"settings": self.settings},
-        )
-        result = dataset_change_sensor(context)
+        ) as context:
+            result = dataset_change_sensor(context)
         assert isinstance(result, dg.SensorResult)
         if result.cursor is not None:
             self.cursor = result.cursor
@@ -112,7 +112,7 @@ def test_first_tick_records_a_baseline_and_an_unchanged_dataset_launches_nothing
     assert observed == {
         "training_dataset": data_version(str(DEMO / "train.jsonl"), base_dir=DEMO),
         "validation_dataset": data_version(str(DEMO / "validation.jsonl"), base_dir=DEMO),
-        "evaluation_dataset": data_version(str(DEMO / "test.jsonl"), base_dir=DEMO),
+        "testing_dataset": data_version(str(DEMO / "test.jsonl"), base_dir=DEMO),
     }
     for _ in range(2):
         again = harness.tick()
@@ -140,7 +140,7 @@ def test_a_changed_dataset_reruns_exactly_what_depends_on_it(
     assert selection(request) == expected
     new_version = data_version(str(datasets / edited), base_dir=datasets)
     changed_asset = {"train.jsonl": "training_dataset", "validation.jsonl": "validation_dataset"}.get(
-        edited, "evaluation_dataset"
+        edited, "testing_dataset"
     )
     assert request.tags[f"{DATA_VERSION_TAG_PREFIX}{changed_asset}"] == new_version
     assert [e.asset_key.to_user_string() for e in result.asset_events] == [changed_asset]
@@ -209,12 +209,12 @@ def test_a_hub_dataset_is_versioned_by_its_revision_without_a_snapshot(
     mark_materialized(harness.instance)
     baseline = harness.tick()
     versions = {e.asset_key.to_user_string(): e.tags["dagster/data_version"] for e in baseline.asset_events}
-    assert versions["evaluation_dataset"] == "hf:abc123"
+    assert versions["testing_dataset"] == "hf:abc123"
     text = config.read_text().replace('"abc123"', '"def456"')
     config.write_text(text)
     request = harness.tick().run_requests[0]
     assert selection(request) == TEST_DATA_CHAIN
-    assert request.tags[f"{DATA_VERSION_TAG_PREFIX}evaluation_dataset"] == "hf:def456"
+    assert request.tags[f"{DATA_VERSION_TAG_PREFIX}testing_dataset"] == "hf:def456"
     assert "testing_data_id" not in settings_overrides(request).get("inferencer", {})
 
 

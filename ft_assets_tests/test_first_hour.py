@@ -121,13 +121,13 @@ def pipeline_asset_keys() -> set[dg.AssetKey]:
 
 def sensor_tick(run: ChainRun, cursor: str | None) -> dg.SensorResult:
     """One evaluation of the dataset sensor, its observations recorded as the daemon records them."""
-    context = dg.build_sensor_context(
+    with dg.build_sensor_context(  # the daemon's way: the settings resource opens a secret scope
         instance=run.instance,
         cursor=cursor,
         definitions=defs,
         resources={"settings": PipelineSettings(config_path=str(run.config))},
-    )
-    result = dataset_change_sensor(context)
+    ) as context:
+        result = dataset_change_sensor(context)
     assert isinstance(result, dg.SensorResult)
     for event in result.asset_events:
         run.instance.report_runless_asset_event(event)

@@ -175,7 +175,7 @@ def test_phases_in_separate_calls_share_outputs_and_one_mlflow_parent(
     run = third.instance.get_run_by_id(again["dagster_run_id"])
     assert run.tags[PHASES_TAG] == "evaluation"
     # the evaluation assets, after observing the datasets upstream of them (so their lineage is exact)
-    datasets = {"training_dataset", "validation_dataset", "evaluation_dataset"}
+    datasets = {"training_dataset", "validation_dataset", "testing_dataset"}
     assert {key.to_user_string() for key in run.asset_selection} == {
         "evaluation_report",
         "promoted_model",

@@ -185,7 +185,9 @@ def test_subprocess_launcher_matches_in_process(write_config: Any, tmp_path: Pat
 
 def test_ddp_training_under_accelerate_launch(write_config: Any, tmp_path: Path) -> None:
     from ft_assets.config import load_settings
-    from ft_assets.phases.generation import generate, load_test_data
+    from ft_assets.dataset_specs import TESTING
+    from ft_assets.phases.datasets import load_configured
+    from ft_assets.phases.generation import generate
     from ft_assets.phases.models import load_chat_template
 
     config = write_config({"fine_tuner": {"max_steps": 2, "per_device_train_batch_size": 2}})
@@ -212,7 +214,7 @@ def test_ddp_training_under_accelerate_launch(write_config: Any, tmp_path: Path)
     assert client.get_run(run_id).data.params["processes"] == "2"
 
     settings = load_settings(config)
-    dataset = load_test_data(settings.inferencer, settings.base_dir)
+    dataset = load_configured(TESTING, settings)
     template = load_chat_template(settings.fine_tuner.chat_template, settings.base_dir)
     generated = generate(
         adapter, dataset, settings.inferencer, tmp_path / "ddp.jsonl", chat_template=template

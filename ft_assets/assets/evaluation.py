@@ -5,7 +5,7 @@ import dagster as dg
 
 from ft_assets.asset_values import EvaluationReport, FineTunedModel, InferenceResults, PromotionResult
 from ft_assets.assets.common import PHASE_CODE_VERSION, preflight_run, run_output_dir
-from ft_assets.assets.data import evaluation_dataset
+from ft_assets.assets.data import testing_dataset
 from ft_assets.config import Settings
 from ft_assets.execution.launcher import ComputeLauncher
 from ft_assets.execution.phase import PhaseRequest
@@ -81,7 +81,7 @@ def evaluate_with(
 evaluation_report = dg.asset(
     name="evaluation_report",
     group_name="evaluation",
-    deps=[evaluation_dataset],
+    deps=[testing_dataset],
     kinds={"mlflow", "excel", "json"},
     code_version=PHASE_CODE_VERSION,
     owners=["team:ml-platform"],

@@ -8,7 +8,7 @@ import dagster as dg
 
 from ft_assets.asset_values import FineTunedModel, InferenceResults
 from ft_assets.assets.common import PHASE_CODE_VERSION, preflight_run, run_output_dir
-from ft_assets.assets.data import evaluation_dataset
+from ft_assets.assets.data import testing_dataset
 from ft_assets.config import Settings
 from ft_assets.execution.launcher import GPU_STEP_TAGS, ComputeLauncher
 from ft_assets.execution.phase import PhaseRequest
@@ -50,7 +50,7 @@ def _run_inference(
 #: Both inference assets: same group, inputs, kinds and GPU pool.
 _INFERENCE_ASSET: dict[str, Any] = {
     "group_name": "inference",
-    "deps": [evaluation_dataset],
+    "deps": [testing_dataset],
     "kinds": {"pytorch", "huggingface", "mlflow"},
     "code_version": PHASE_CODE_VERSION,
     "pool": "gpu",

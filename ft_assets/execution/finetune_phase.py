@@ -8,6 +8,7 @@ from typing import Any
 
 from ft_assets.asset_values import FineTunedModel
 from ft_assets.config import Settings
+from ft_assets.dataset_specs import TRAINING, VALIDATION
 from ft_assets.execution.phase import PhaseOutcome, PhaseRequest, pipes_meta, world_size
 from ft_assets.phases.progress import training_progress
 from ft_assets.phases.system_prompt import SystemPrompt
@@ -25,11 +26,9 @@ def finetune(request: PhaseRequest, settings: Settings, run: PhaseRun, log: LogS
     output_dir = Path(request.output)
     token = hf_token()
     train_set, validation_set = load_training_data(settings, token)
-    for name, dataset in (("train", train_set), ("validation", validation_set)):
+    for spec, dataset in ((TRAINING, train_set), (VALIDATION, validation_set)):
         if dataset is not None:
-            run.log_dataset(
-                name, dataset.content_hash, dataset.resolved, "training" if name == "train" else "eval"
-            )
+            run.log_dataset(spec.name, dataset.content_hash, dataset.resolved, spec.name)
     result = train(
         settings,
         base,
@@ -54,7 +53,7 @@ def finetune(request: PhaseRequest, settings: Settings, run: PhaseRun, log: LogS
         }
     )
     run.log_artifact(output_dir / "loss_curve.png")
-    model_uri = run.log_peft_model(output_dir, "fine_tuned_model") if settings.mlflow.log_model else None
+    model_uri = run.log_peft_model(output_dir, "fine_tuned_model")  # None with [mlflow] log_model off
     if result.resumed_from_step:
         log.info(f"resumed from checkpoint step {result.resumed_from_step}")
     m = result.metrics

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ft_assets.asset_values import InferenceResults
 from ft_assets.config import Settings
+from ft_assets.dataset_specs import TESTING
 from ft_assets.execution.phase import PhaseOutcome, PhaseRequest, pipes_meta
 from ft_assets.phases.progress import InferenceProgress
 from ft_assets.phases.system_prompt import inference_columns
@@ -17,7 +18,8 @@ from ft_assets.tracking_run import PhaseRun
 
 def infer(request: PhaseRequest, settings: Settings, run: PhaseRun, log: LogSink) -> PhaseOutcome:
     """Generate the answers of the request's model on the test split; the value is :class:`InferenceResults`."""
-    from ft_assets.phases.generation import generate, load_test_data
+    from ft_assets.phases.datasets import load_configured
+    from ft_assets.phases.generation import generate
     from ft_assets.phases.models import configured_chat_template
 
     if request.model_dir is None or request.model_hash is None:
@@ -26,8 +28,8 @@ def infer(request: PhaseRequest, settings: Settings, run: PhaseRun, log: LogSink
     config, prompt_warning = inference_columns(settings.inferencer, Path(request.model_dir))
     if prompt_warning:
         log.warning(prompt_warning)
-    dataset = load_test_data(config, settings.base_dir, hf_token())
-    run.log_dataset("test", dataset.content_hash, dataset.resolved, "testing")
+    dataset = load_configured(TESTING, settings, hf_token(), columns=config)
+    run.log_dataset(TESTING.name, dataset.content_hash, dataset.resolved, TESTING.name)
     template = configured_chat_template(settings)
     progress = InferenceProgress(len(dataset.examples), log.info, label=request.phase)
     result = generate(

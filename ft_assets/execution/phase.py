@@ -39,6 +39,7 @@ from ft_assets.asset_values import AssetValue, EvaluationReport, FineTunedModel,
 from ft_assets.config import Settings, build_settings, settings_as_data
 from ft_assets.execution.processes import exit_when_orchestrator_gone
 from ft_assets.phases.models import ResolvedModel
+from ft_assets.tracking_active import attach_phase_run
 from ft_assets.tracking_options import LogSink
 from ft_assets.tracking_run import PhaseRun
 
@@ -219,37 +220,6 @@ def execute(request: PhaseRequest, run: PhaseRun, log: LogSink = _log) -> PhaseO
 
 
 # ------------------------------------------------------------------------------- external process
-
-
-def attach_phase_run(phase: str, log: LogSink, *, required: bool) -> PhaseRun:
-    """The orchestrator's child run, from ``MLFLOW_TRACKING_URI``/``MLFLOW_RUN_ID``/``MLFLOW_EXPERIMENT_ID``.
-
-    The run is made active in this process (``log_peft_model`` and transformers' callbacks log into the
-    active run) without system metrics: the orchestrator's side already samples them. Its final status is
-    set by the orchestrator once this process has exited. Without those variables (tracking off in the
-    orchestrator) the returned run is disabled.
-    """
-    run_id, uri = os.environ.get("MLFLOW_RUN_ID"), os.environ.get("MLFLOW_TRACKING_URI")
-    if not run_id or not uri:
-        return PhaseRun(phase, log)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    parent_run_id = client.get_run(run_id).data.tags.get("mlflow.parentRunId")
-    mlflow.set_tracking_uri(uri)
-    mlflow.start_run(run_id=run_id, log_system_metrics=False)
-    return PhaseRun(
-        phase,
-        log,
-        client=client,
-        tracking_uri=uri,
-        experiment_id=os.environ.get("MLFLOW_EXPERIMENT_ID"),
-        run_id=run_id,
-        parent_run_id=parent_run_id,
-        required=required,
-    )
 
 
 def process_rank() -> int:

@@ -26,8 +26,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ft_assets.config import ConfigError, load_settings
+from ft_assets.config import ConfigError, Settings, load_settings
 from ft_assets.config_sections import DatasetColumns
+from ft_assets.dataset_specs import DATASETS, DatasetSpec
 from ft_assets.phases.dataset_files import DatasetError, data_version, locate, read_hub, read_local
 from ft_assets.phases.dataset_rows import BadField, check_columns, detect_format, parse_row
 
@@ -183,6 +184,37 @@ def load_dataset(
     )
 
 
+def load_configured(
+    spec: DatasetSpec,
+    settings: Settings,
+    token: str | None = None,
+    *,
+    columns: DatasetColumns | None = None,
+    labelled: bool | None = None,
+) -> LoadedDataset:
+    """The dataset ``spec`` as ``settings`` configure it (source, split, revision, column mapping).
+
+    ``columns`` replaces the section's column mapping (the test set read with a model's trained system
+    prompt); ``labelled`` overrides ``spec.labelled``. A problem is a DatasetError naming ``[section] key``.
+    """
+    source = spec.source(settings)
+    if source is None:
+        raise DatasetError(f"{spec.config_key} is not set")
+    section = spec.columns(settings)
+    try:
+        return load_dataset(
+            source,
+            columns if columns is not None else section,
+            base_dir=settings.base_dir,
+            split=spec.split(settings),
+            revision=section.dataset_revision,
+            token=token,
+            require_ground_truth=spec.labelled if labelled is None else labelled,
+        )
+    except DatasetError as error:
+        raise DatasetError(f"{spec.config_key} = {source!r}: {error}") from None
+
+
 def detect_columns(source: str, columns: DatasetColumns, *, base_dir: Path) -> tuple[str | None, list[str]]:
     """A local dataset's format as :func:`load_dataset` detects it (None: undetectable with ``columns``),
     and the keys found in its rows."""
@@ -242,7 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Print a summary of the configured datasets (or of one file); exit 1 on the first unusable one."""
     parser = argparse.ArgumentParser(prog="python -m ft_assets.phases.datasets", description=main.__doc__)
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--config", help="pipeline TOML: summarise its training, validation and test datasets")
+    which.add_argument(
+        "--config", help="pipeline TOML: summarise its training, validation and testing datasets"
+    )
     which.add_argument("--source", help="one dataset file or hub id, read with the default column mapping")
     parser.add_argument("--format", default="auto", help="dataset_format for --source (default: auto)")
     parser.add_argument("--split", default="train", help="hub split for --source")
@@ -258,36 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(_summary("dataset", dataset))
             return 0
         settings = load_settings(args.config)
-        tuner, inferencer = settings.fine_tuner, settings.inferencer
-        wanted = [
-            ("fine_tuner.training_data_id", tuner.training_data_id, tuner, tuner.dataset_split, True),
-            (
-                "fine_tuner.validation_data_id",
-                tuner.validation_data_id,
-                tuner,
-                tuner.validation_dataset_split,
-                True,
-            ),
-            (
-                "inferencer.testing_data_id",
-                inferencer.testing_data_id,
-                inferencer,
-                inferencer.dataset_split,
-                False,
-            ),
-        ]
-        for name, source, section, split, require in wanted:
-            if source is None:
-                continue
-            dataset = load_dataset(
-                source,
-                section,
-                base_dir=settings.base_dir,
-                split=split,
-                revision=section.dataset_revision,
-                require_ground_truth=require,
-            )
-            print(_summary(name, dataset))
+        for spec in DATASETS:
+            if spec.source(settings) is not None:
+                dataset = load_configured(spec, settings)
+                print(_summary(f"{spec.name}: {spec.section}.{spec.key}", dataset))
+                print(f"  columns:      {spec.describe_columns()}")
         return 0
     except (DatasetError, ConfigError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ft_assets.config import InferencerConfig, load_settings
-from ft_assets.phases.datasets import Example, LoadedDataset, load_dataset
+from ft_assets.dataset_specs import TESTING
+from ft_assets.phases.datasets import Example, LoadedDataset, load_configured
 from ft_assets.phases.io import atomic_file
 from ft_assets.phases.models import (
     ChatTemplate,
@@ -48,6 +48,7 @@ from ft_assets.phases.prompts import (
     inference_tokenizer,
     output_row,
 )
+from ft_assets.secrets import hf_token
 
 logger = logging.getLogger(__name__)
 
@@ -278,19 +279,6 @@ def generate(
     )
 
 
-def load_test_data(config: InferencerConfig, base_dir: Path, token: str | None = None) -> LoadedDataset:
-    """The test split, ground truth optional (reference metrics check for it in preflight)."""
-    return load_dataset(
-        config.testing_data_id,
-        config,
-        base_dir=base_dir,
-        split=config.dataset_split,
-        revision=config.dataset_revision,
-        token=token,
-        require_ground_truth=False,
-    )
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -301,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = load_settings(args.config)
-    dataset = load_test_data(settings.inferencer, settings.base_dir, os.environ.get("HF_TOKEN"))
+    dataset = load_configured(TESTING, settings, hf_token())
     template = configured_chat_template(settings)
     result = generate(args.model, dataset, settings.inferencer, args.output, chat_template=template)
     print(json.dumps({"jsonl": str(result.jsonl_path), **result.metrics}, indent=2))

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ft_assets.config_sections import ConfigError
+
 
 def current_umask() -> int:
     """The process's umask, read without changing it (``os.umask`` can only be read by setting it, which
@@ -103,3 +105,17 @@ def sha256_tree(root: Path, patterns: tuple[str, ...] = ("*",)) -> str:
         digest.update(str(file.relative_to(root)).encode())
         digest.update(sha256_file(file).encode())
     return digest.hexdigest()
+
+
+def check_writable_folder(folder: Path, key: str) -> None:
+    """Preflight of an output folder (``key``: the config key naming it): it can be created and written, as
+    its nearest existing ancestor is a writable directory. Nothing is created: preflight leaves no trace."""
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key} = {str(folder)!r}: {existing} is a file, so the folder cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key} = {str(folder)!r}: {existing} is not writable")

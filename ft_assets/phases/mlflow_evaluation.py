@@ -17,9 +17,9 @@ from typing import Any
 
 from ft_assets.phases.metrics import MetricScores
 from ft_assets.secrets import redact
+from ft_assets.tracking_active import resumed_run
 
 _MAX_WORKERS_ENV = "MLFLOW_GENAI_EVAL_MAX_WORKERS"
-_TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
 
 @contextlib.contextmanager
@@ -39,27 +39,8 @@ def _one_worker_for_sqlite(tracking_uri: str) -> Iterator[None]:
             os.environ[_MAX_WORKERS_ENV] = previous
 
 
-@contextlib.contextmanager
-def _resumed_run(tracking_uri: str, run_id: str) -> Iterator[None]:
-    """``run_id`` active in this thread (no system metrics); the tracking URI and its variable restored."""
-    import mlflow
-
-    if (active := mlflow.active_run()) is not None:
-        raise RuntimeError(f"another MLflow run ({active.info.run_id}) is active in this thread")
-    previous_env, previous_uri = os.environ.get(_TRACKING_URI_ENV), mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        with mlflow.start_run(run_id=run_id, log_system_metrics=False):
-            yield
-    finally:
-        mlflow.set_tracking_uri(previous_uri)  # exports the variable again: put back what was there
-        if previous_env is None:
-            os.environ.pop(_TRACKING_URI_ENV, None)
-        else:
-            os.environ[_TRACKING_URI_ENV] = previous_env
-
-
 def _precomputed_scorer(name: str, lookup: Callable[[str], tuple[float, str | None, str | None]]) -> Any:
+    # MLflow's GenAI evaluation API itself (scorers, assessments): what this module exists to call.
     from mlflow.entities import Feedback
     from mlflow.genai.scorers import scorer
 
@@ -87,7 +68,7 @@ def log_genai_evaluation(
     integrations while the run's system-metrics thread resolves a registry URI (an import too), and the
     two deadlock on the import locks. The run is resumed here without system metrics, then ended again.
     """
-    import mlflow
+    import mlflow  # for mlflow.genai.evaluate, MLflow's GenAI evaluation API: what this module exists to call
 
     ids = [str(row.get("id", index)) for index, row in enumerate(rows)]
     position = {row_id: index for index, row_id in enumerate(ids)}
@@ -132,6 +113,6 @@ def log_genai_evaluation(
         }
         for row_id, row in zip(ids, rows, strict=True)
     ]
-    with _resumed_run(tracking_uri, run_id), _one_worker_for_sqlite(tracking_uri):
+    with resumed_run(tracking_uri, run_id), _one_worker_for_sqlite(tracking_uri):
         result = mlflow.genai.evaluate(data=data, scorers=scorers)
     return {key: float(value) for key, value in result.metrics.items()}

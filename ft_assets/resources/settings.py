@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
 from ft_assets.config import DEFAULT_CONFIG_PATH, Settings, load_settings
+from ft_assets.secrets import secret_scope
 
 CONFIG_PATH_ENV = "FT_ASSETS_CONFIG"
 
@@ -43,6 +46,13 @@ class PipelineSettings(dg.ConfigurableResource):
             "pipeline": self.pipeline,
         }
         return {name: dict(values) for name, values in sections.items() if values}
+
+    @contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator[PipelineSettings]:
+        """The step (the run, with the in-process executor) is one secret scope: the ``${VAR}`` values its
+        settings expand are secret until it ends, not in the later runs of a long-lived process."""
+        with secret_scope():
+            yield self
 
     def load(self) -> Settings:
         """The validated settings (a :class:`~ft_assets.config.ConfigError` names file, section and key)."""

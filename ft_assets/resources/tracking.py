@@ -10,12 +10,12 @@ from contextlib import contextmanager
 from typing import Any, cast
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, create_model
 
 from ft_assets.config import ConfigError, Settings
 from ft_assets.secrets import redact, strip_credentials
 from ft_assets.tracking import open_phase_run
-from ft_assets.tracking_options import TrackingOptions
+from ft_assets.tracking_options import OPTION_NAMES, TrackingOptions
 from ft_assets.tracking_run import OrchestratorRun
 from ft_assets.tracking_run import PhaseRun as _PhaseRun
 from ft_assets.tracking_store import mark_parent_failed
@@ -37,49 +37,48 @@ class PhaseRun(_PhaseRun):
         }
 
 
-class MlflowTracking(dg.ConfigurableResource):
+def option_fields() -> dict[str, Any]:
+    """Each option of :class:`TrackingOptions` (every ``[mlflow]`` key and the resource-only ones) as an
+    optional resource field with the option's description: unset (``None``) leaves it to the config."""
+    return {
+        name: (info.annotation | None, Field(default=None, description=info.description))
+        for name, info in TrackingOptions.model_fields.items()
+        if name in OPTION_NAMES
+    }
+
+
+# The fields are derived (pydantic's create_model, a Dagster resource base) so that a new [mlflow] key is
+# a resource field without a second declaration; the class below adds dagster-mlflow's alias and the logic.
+_MlflowTrackingFields = create_model(
+    "_MlflowTrackingFields", __base__=dg.ConfigurableResource, __module__=__name__, **option_fields()
+)
+
+
+class MlflowTracking(_MlflowTrackingFields):  # type: ignore[misc,valid-type]
     """MLflow tracking for phase assets: one parent run per Dagster run, one child run per phase.
 
-    Every field is optional: unset fields come from the ``[mlflow]`` section of the settings passed to
-    :meth:`phase_run`; ``MLFLOW_TRACKING_URI`` and ``MLFLOW_EXPERIMENT_NAME`` override both. Credentials
-    come only from ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``/``MLFLOW_TRACKING_TOKEN``.
+    Its fields are the MLflow options (:data:`ft_assets.tracking_options.OPTION_NAMES`: every ``[mlflow]``
+    key, plus ``parent_run_id``, ``env_to_tag``, ``extra_tags``), all optional: unset fields come from the
+    ``[mlflow]`` section of the settings passed to :meth:`phase_run`; ``MLFLOW_TRACKING_URI`` and
+    ``MLFLOW_EXPERIMENT_NAME`` override both. ``mlflow_tracking_uri`` is dagster-mlflow's name for
+    ``tracking_uri``. Credentials come only from ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD``/
+    ``MLFLOW_TRACKING_TOKEN``.
     """
 
-    tracking_uri: str | None = None
     mlflow_tracking_uri: str | None = Field(
         default=None, description="dagster-mlflow's name for tracking_uri"
     )
-    experiment_name: str | None = None
-    run_name: str | None = None
-    run_name_prefix: str | None = None
-    run_name_suffix: str | None = None
-    parent_run_id: str | None = Field(default=None, description="attach to this existing parent run")
-    env_to_tag: list[str] = Field(default_factory=list, description="environment variables to tag runs with")
-    extra_tags: dict[str, str] = Field(default_factory=dict)
-    required: bool | None = Field(default=None, description="false: run untracked when MLflow is down")
-    log_system_metrics: bool | None = None
-    system_metrics_sampling_interval: float | None = None
 
     def options(self, settings: Settings) -> TrackingOptions:
         """The settings this resource resolves to for ``settings`` (precedence in the class docstring)."""
-        if self.tracking_uri and self.mlflow_tracking_uri and self.tracking_uri != self.mlflow_tracking_uri:
+        overrides: dict[str, Any] = {name: getattr(self, name) for name in OPTION_NAMES}
+        alias = self.mlflow_tracking_uri
+        if overrides["tracking_uri"] and alias and overrides["tracking_uri"] != alias:
             raise ConfigError(
                 "resource config sets both tracking_uri and mlflow_tracking_uri, to different values; "
                 "set only one"
             )
-        overrides: dict[str, Any] = {
-            "tracking_uri": self.tracking_uri or self.mlflow_tracking_uri,
-            "experiment_name": self.experiment_name,
-            "run_name": self.run_name,
-            "run_name_prefix": self.run_name_prefix,
-            "run_name_suffix": self.run_name_suffix,
-            "parent_run_id": self.parent_run_id,
-            "env_to_tag": self.env_to_tag,
-            "extra_tags": self.extra_tags,
-            "required": self.required,
-            "log_system_metrics": self.log_system_metrics,
-            "system_metrics_sampling_interval": self.system_metrics_sampling_interval,
-        }
+        overrides["tracking_uri"] = overrides["tracking_uri"] or alias
         return TrackingOptions.resolve(settings, overrides)
 
     @contextmanager

@@ -32,11 +32,10 @@ import dagster as dg
 
 from ft_assets.asset_values import EvaluationReport, FineTunedModel, InferenceResults, PromotionResult
 from ft_assets.assets import evaluation, inference, models
-from ft_assets.assets.common import PHASE_CODE_VERSION, preflight_run, run_output_dir, secret
-from ft_assets.assets.data import evaluation_dataset, training_dataset, validation_dataset
+from ft_assets.assets.common import PHASE_CODE_VERSION, preflight_run, run_output_dir
+from ft_assets.assets.data import testing_dataset, training_dataset, validation_dataset
 from ft_assets.config import Settings, deep_merge
 from ft_assets.errors import FtAssetsError
-from ft_assets.execution.evaluation_phase import read_jsonl
 from ft_assets.execution.launcher import GPU_STEP_TAGS, ComputeLauncher
 from ft_assets.jobs import SWEEP_GROUP
 from ft_assets.phases.io import write_json
@@ -148,7 +147,7 @@ def sweep_fine_tuned_model(
     )
 
 
-@dg.asset(**_SWEEP_ASSET, **_GPU_STEP, deps=[evaluation_dataset])
+@dg.asset(**_SWEEP_ASSET, **_GPU_STEP, deps=[testing_dataset])
 def sweep_inference_results(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
@@ -163,7 +162,7 @@ def sweep_inference_results(
     return run.output(run.compute(context, inference.infer_fine_tuned_model, **model))
 
 
-@dg.asset(**_SWEEP_ASSET, kinds={"mlflow", "excel", "json"}, deps=[evaluation_dataset])
+@dg.asset(**_SWEEP_ASSET, kinds={"mlflow", "excel", "json"}, deps=[testing_dataset])
 def sweep_evaluation_report(
     context: dg.AssetExecutionContext,
     settings: PipelineSettings,
@@ -178,7 +177,7 @@ def sweep_evaluation_report(
     run = candidate_run(context, settings, mlflow)
     inputs = {"inference_results": sweep_inference_results, "base_inference_results": base_inference_results}
     report = run.compute(context, evaluation.score_inference, **inputs)
-    record = _candidate_record(run, sweep_fine_tuned_model, sweep_inference_results, report.value)
+    record = _candidate_record(run, sweep_fine_tuned_model, report.value)
     path = write_json(
         run_output_dir(run.resolved, f"sweep_candidates/{run.candidate.name}", context) / CANDIDATE_RECORD,
         record,
@@ -192,31 +191,24 @@ def sweep_evaluation_report(
     return run.output(report, **{META_RECORD: dg.MetadataValue.path(str(path))})
 
 
-def _candidate_record(
-    run: CandidateRun, model: FineTunedModel, inference_value: InferenceResults, report: EvaluationReport
-) -> dict[str, Any]:
-    """What the leaderboard needs of a candidate. The primary metric is scored once more on the
-    candidate's rows to keep its per-row values (free for offline metrics; an LLM-judge primary metric
-    costs its judge calls again), for the paired comparison with the leader."""
-    from ft_assets.phases.comparison import row_ids
-    from ft_assets.phases.metrics import score_rows
+def _candidate_record(run: CandidateRun, model: FineTunedModel, report: EvaluationReport) -> dict[str, Any]:
+    """What the leaderboard needs of a candidate: its primary metric as the evaluation report wrote it
+    (per-row scores and ids, for the paired comparison with the leader; summary; paired delta vs base),
+    read from the report's JSON rather than scored again (an LLM judge would cost, and sample, twice)."""
+    from ft_assets.phases.reports import primary_metric_result
 
-    metric = report.primary_metric
-    rows = read_jsonl(inference_value.path)
-    config = run.resolved.evaluator.model_copy(update={"metrics": [metric], "thresholds": {}})
-    scores = score_rows(rows, config, api_key=secret("OPENAI_API_KEY")).per_row[metric]
+    result = primary_metric_result(report.json_path)
     metrics = model.metrics
-    summary = report.summary[metric]
     return {
         "candidate": run.candidate.name,
         "params": run.candidate.params,
         "fingerprint": run.fingerprint,
         "sweep_id": run.plan.sweep_id,
-        "primary_metric": metric,
-        "ids": row_ids(rows, "fine-tuned"),
-        "scores": [None if value != value else value for value in scores],  # NaN -> null
-        "summary": {key: summary.get(key) for key in ("mean", "ci_low", "ci_high", "count")},
-        "vs_base": (report.comparison or {}).get(metric),
+        "primary_metric": result["metric"],
+        "ids": result["ids"],
+        "scores": result["scores"],
+        "summary": result["summary"],
+        "vs_base": result["vs_base"],
         "cost": {
             "steps": metrics["steps"],
             "trained_tokens": metrics["trained_tokens"],

@@ -4,7 +4,8 @@
    candidate stops the sweep before anything is trained;
 2. add the candidates' names to the ``sweep_candidates`` partitions (the UI shows them from then on);
 3. materialize the shared ``base_model`` + ``base_inference_results`` once, unless the latest base
-   inference came from a sweep run of the same base config;
+   inference came from a sweep run of the same base config; its MLflow phase run is a child of the sweep's
+   run;
 4. run ``sweep_candidate_job`` for each candidate not done for the current config (one Dagster run per
    partition, in this process, one after another: the GPU steps would queue on the ``gpu`` pool anyway).
    A failed candidate does not stop the others; the sweep then fails naming it, and the next launch runs
@@ -89,11 +90,14 @@ class SweepRunner:
                     f"sweep candidate {name}: preflight: {' '.join(str(error).split())}"
                 ) from error
 
-    def _execute(self, job: Any, **kwargs: Any) -> dg.ExecuteInProcessResult:
+    def _execute(
+        self, job: Any, mlflow_parent: str | None = None, **kwargs: Any
+    ) -> dg.ExecuteInProcessResult:
         tags = {SWEEP_TAG: self.plan.sweep_id, PREFLIGHT_TAG: ",".join(PHASES), **kwargs.pop("tags", {})}
+        tracking = {"mlflow": {"config": {"parent_run_id": mlflow_parent}}} if mlflow_parent else {}
         with _environment(self.pipeline._secrets):
             return defs.resolve_job_def(job.name).execute_in_process(
-                run_config=self.run_config,
+                run_config={"resources": {**self.run_config["resources"], **tracking}},
                 instance=self.pipeline.instance,
                 raise_on_error=False,
                 tags=tags,
@@ -108,13 +112,22 @@ class SweepRunner:
         base_fingerprint = settings_fingerprint(self.pipeline.settings)
         base_run = None
         if not _base_is_current(instance, base_fingerprint):
+            from ft_assets.sweeps.tracking import reopen_sweep_run, sweep_run
+
+            with _environment(self.pipeline._secrets):
+                options = MlflowTracking().options(self.pipeline.settings)
+                parent = sweep_run(options, self.plan, _log)  # the base inference is a child of the sweep run
             result = self._execute(
                 fine_tune_pipeline,
+                mlflow_parent=parent,
                 asset_selection=[dg.AssetKey("base_model"), dg.AssetKey("base_inference_results")],
                 tags={BASE_FINGERPRINT_TAG: base_fingerprint},
             )
             if not result.success:
                 raise PipelineError(f"sweep {self.plan.name}: the base model run failed: {_failure(result)}")
+            if parent:
+                with _environment(self.pipeline._secrets):
+                    reopen_sweep_run(options, parent, _log)
             base_run = result.run_id
         done = completed_candidates(instance, self.plan)
         ran: dict[str, str] = {}

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ft_assets.phases.comparison import Bootstrap, paired_comparison
+from ft_assets.phases.formatting import estimate_text, interval_text, number_text
 from ft_assets.phases.io import atomic_file, write_json
 from ft_assets.phases.metrics import MetricScores
 
@@ -147,28 +148,18 @@ def _status(row: Mapping[str, Any], winner: Mapping[str, Any] | None) -> str:
     return "tied with leader" if row["tied_with_leader"] else "behind leader"
 
 
-def _number(value: float, signed: bool = False) -> str:
-    if not _finite(value):
-        return "n/a"
-    return f"{value:+.3f}" if signed else f"{value:.3f}"
-
-
-def _interval(low: float, high: float) -> str:
-    return f"[{_number(low)}, {_number(high)}]" if _finite(low) else "n/a"
-
-
 def _delta_text(delta: Mapping[str, float]) -> str:
-    if not _finite(delta["delta"]):
-        return "n/a"
-    return f"{_number(delta['delta'], True)} {_interval(delta['delta_ci_low'], delta['delta_ci_high'])}"
+    return estimate_text(
+        delta["delta"], delta["delta_ci_low"], delta["delta_ci_high"], signed=True, signed_bounds=False
+    )
 
 
 def _cells(row: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "rank": row["rank"],
         "candidate": row["candidate"],
-        "mean": _number(row["mean"]),
-        "ci": _interval(row["ci_low"], row["ci_high"]),
+        "mean": number_text(row["mean"]),
+        "ci": interval_text(row["ci_low"], row["ci_high"]),
         "vs_base": _delta_text(row["vs_base"]),
         "vs_leader": "leader" if row["leader"] else _delta_text(row["vs_leader"]),
         "steps": row["steps"],

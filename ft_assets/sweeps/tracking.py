@@ -1,6 +1,6 @@
 """The MLflow tree of a sweep: one sweep run, one child run per candidate, the candidate's phase runs
 nested beneath it (the phases attach to the candidate's run as their parent, through the tracking
-resource's ``parent_run_id``).
+resource's ``parent_run_id``), and the shared base-model inference's phase run, a child of the sweep run.
 
 Runs are found again by tag, safely when several processes ask at once (:func:`find_or_create_parent`):
 the sweep's by ``ft_assets.sweep_id``, a candidate's by ``ft_assets.sweep_candidate`` = ``<sweep id>/<name>``.
@@ -23,6 +23,7 @@ from ft_assets.tracking_store import (
     client_for,
     ensure_experiment,
     find_or_create_parent,
+    store_artifacts,
     store_metrics,
     store_params,
     store_tags,
@@ -50,7 +51,7 @@ def _optional(options: TrackingOptions, what: str, log: LogSink) -> Iterator[Non
 def _sweep_run(options: TrackingOptions, plan: SweepPlan, log: LogSink) -> tuple[Any, str, str]:
     """A client of the store, the experiment id and the sweep's run id (found, or created)."""
     check_reachable(options.tracking_uri, options.source("tracking_uri"))
-    client = client_for(options.tracking_uri)
+    client = client_for(options.tracking_uri)  # like the phases' client: URI credentials moved out first
     experiment_id = ensure_experiment(
         client, options.tracking_uri, options.experiment_name, options.source("experiment_name")
     )
@@ -71,6 +72,21 @@ def _sweep_run(options: TrackingOptions, plan: SweepPlan, log: LogSink) -> tuple
     }
     store_params(client, run.info.run_id, params, log)
     return client, experiment_id, str(run.info.run_id)
+
+
+def sweep_run(options: TrackingOptions, plan: SweepPlan, log: LogSink) -> str | None:
+    """The MLflow run id of the sweep (found, or created): the parent of the shared base-model inference's
+    phase run, beside the candidates' runs. ``None`` when untracked, as in :func:`candidate_run`."""
+    with _optional(options, f"sweep {plan.name}", log):
+        return _sweep_run(options, plan, log)[2]
+    return None
+
+
+def reopen_sweep_run(options: TrackingOptions, run_id: str, log: LogSink) -> None:
+    """Mark the sweep's run RUNNING again once its base inference phase has ended it (a phase leaves its
+    parent FINISHED): the candidates are still to come; :func:`record_leaderboard` ends it."""
+    with _optional(options, f"the status of sweep run {run_id}", log):
+        client_for(options.tracking_uri).update_run(run_id, status="RUNNING")
 
 
 def candidate_run(
@@ -108,8 +124,7 @@ def record_leaderboard(
     untracked, as in :func:`candidate_run`)."""
     with _optional(options, "the sweep leaderboard", log):
         client, _experiment, run_id = _sweep_run(options, plan, log)
-        for path in files:
-            client.log_artifact(run_id, str(path))
+        store_artifacts(client, run_id, files)
         winner = next((row for row in board["candidates"] if row["candidate"] == board["winner"]), None)
         store_tags(client, run_id, {TAG_WINNER: board["winner"] or "none", "sweep_rule": board["rule"]})
         if winner is not None:

@@ -171,7 +171,7 @@ def test_changed_training_data_reruns_the_chain_with_that_version(
     )
     parent = next(r for r in tracked if "mlflow.parentRunId" not in r.data.tags)
     assert parent.data.tags[f"{DATA_VERSION_TAG_PREFIX}training_dataset"] == version
-    assert parent.data.params["dataset_train_hash"] == version  # what the fine-tuning actually read
+    assert parent.data.params["dataset_training_hash"] == version  # what the fine-tuning actually read
     assert version.split(":")[1] in parent.data.params["finetuner_training_data_id"]  # the pinned snapshot
 
 

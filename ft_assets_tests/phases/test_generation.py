@@ -15,16 +15,16 @@ from typing import Any
 
 import pytest
 
-from ft_assets.config import InferencerConfig
+from ft_assets.config import InferencerConfig, Settings
+from ft_assets.dataset_specs import TESTING
 from ft_assets.phases import generation
-from ft_assets.phases.datasets import Example, load_dataset
+from ft_assets.phases.datasets import Example, load_configured, load_dataset
 from ft_assets.phases.generation import (
     encode_prompts,
     finish,
     generate,
     generate_rows,
     load_for_inference,
-    load_test_data,
 )
 from ft_assets.phases.models import (
     MODEL_INFO_FILE,
@@ -430,7 +430,7 @@ def test_vllm_engine_honours_batch_size_and_serves_an_adapter_on_its_base(
 
 
 def test_jsonl_schema_and_a_rerun_replaces_the_file(tiny_model: Any, tmp_path: Path) -> None:
-    dataset = load_test_data(config(), PROJECT_ROOT)
+    dataset = load_configured(TESTING, Settings(base_dir=PROJECT_ROOT))
     output = tmp_path / "out" / "inference_results.jsonl"
     output.parent.mkdir()
     output.write_text('{"stale": true}\n' * 100)

@@ -355,3 +355,44 @@ def test_demo_table_prints_means_and_paired_delta_with_intervals(tmp_path, fine_
     assert f"0.300 [{base_low:.3f}, {base_high:.3f}]" in rouge
     assert rouge.endswith("0.500 [0.500, 0.500]")  # paired delta of a and b
     assert lines[-1].startswith("[low, high]: 95% paired bootstrap interval")
+
+
+def test_per_row_scores_are_in_the_json_and_read_back_for_the_primary_metric(
+    tmp_path, fine_tuned, base
+) -> None:
+    paths = _write(tmp_path / "report", fine_tuned, base)
+    document = json.loads(paths.json_path.read_text(), parse_constant=_reject_nan)
+    assert document["per_row"]["fine_tuned"] == {
+        "ids": ["a", "b", "c"],
+        "scores": {"rouge_score": [1.0, 0.8, None], "exact_match": [1.0, 0.0, 0.0]},
+    }
+    assert document["per_row"]["base"]["ids"] == ["c", "a", "b"]  # each side in its own row order
+    assert document["per_row"]["base"]["scores"]["rouge_score"] == [0.1, 0.5, 0.3]
+
+    result = reports.primary_metric_result(paths.json_path)
+    assert result["metric"] == "rouge_score"
+    assert (result["ids"], result["scores"]) == (["a", "b", "c"], [1.0, 0.8, None])
+    assert result["summary"]["mean"] == pytest.approx(0.9) and result["summary"]["count"] == 2
+    paired = document["comparison"]["rouge_score"]
+    assert result["vs_base"]["delta_ci_low"] == paired["delta_ci_low"] and result["vs_base"]["pairs"] == 2
+
+    alone = reports.primary_metric_result(_write(tmp_path / "alone", fine_tuned).json_path)
+    assert (
+        alone["vs_base"] is None
+        and _write(tmp_path / "alone", fine_tuned).document["per_row"]["base"] is None
+    )
+
+
+def test_a_report_without_per_row_scores_names_the_missing_key(tmp_path, fine_tuned) -> None:
+    paths = _write(tmp_path / "report", fine_tuned, primary_metric="exact_match")
+    document = json.loads(paths.json_path.read_text())
+    document["metrics"]["fine_tuned"]["exact_match"]["mean"] = None  # a metric no row scored
+    del document["per_row"]
+    paths.json_path.write_text(json.dumps(document))
+    with pytest.raises(reports.ReportError, match=r"evaluation_summary.json: .* no 'per_row'"):
+        reports.primary_metric_result(paths.json_path)
+    document["per_row"] = {"fine_tuned": {"ids": ["a", "b", "c"], "scores": {"exact_match": [1.0, 0, None]}}}
+    paths.json_path.write_text(json.dumps(document))
+    assert math.isnan(reports.primary_metric_result(paths.json_path)["summary"]["mean"])  # null -> NaN
+    with pytest.raises(reports.ReportError, match="cannot read"):
+        reports.primary_metric_result(tmp_path / "nowhere.json")

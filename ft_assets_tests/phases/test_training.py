@@ -444,8 +444,19 @@ def test_validation_runs_five_times_without_eval_steps(
 ) -> None:
     settings = _validated_settings(tmp_path, model_cache, data_dir, max_steps=10)
     result, _ = run_training(settings, tiny_model, tmp_path / "out")
-    evaluated = [entry["step"] for entry in result.log_history if "eval_loss" in entry]
-    assert evaluated == [2, 4, 6, 8, 10, 10], "every 10 // 5 steps, then the published model"
+    evaluations = [entry for entry in result.log_history if "eval_loss" in entry]
+    assert [entry["step"] for entry in evaluations] == [2, 4, 6, 8, 10], "every 10 // 5 steps"
+    assert result.metrics["eval_loss"] == evaluations[-1]["eval_loss"], "step 10 saw the published model"
+
+
+def test_the_published_model_is_evaluated_when_no_evaluation_saw_it(
+    tmp_path: Path, model_cache: Path, tiny_model: ResolvedModel, data_dir: Path
+) -> None:
+    settings = _validated_settings(tmp_path, model_cache, data_dir, max_steps=5, eval_steps=3)
+    result, _ = run_training(settings, tiny_model, tmp_path / "out")
+    evaluations = [entry for entry in result.log_history if "eval_loss" in entry]
+    assert [entry["step"] for entry in evaluations] == [3, 5], "step 3, then the final weights of step 5"
+    assert result.metrics["eval_loss"] == evaluations[-1]["eval_loss"]
 
 
 def test_a_merge_keeps_every_stop_id_of_the_base(
@@ -519,7 +530,7 @@ def test_early_stopping_ends_training_when_validation_loss_stalls(
     assert result.metrics["steps"] == 3, (
         "first evaluation sets the best, two more without improvement stop it"
     )
-    assert len(evals) == 4, "three evaluations during training, one of the published model"
+    assert len(evals) == 3, "three evaluations; the published model is the best of them, not evaluated again"
     assert len(set(evals)) == 1
     assert result.metrics["eval_loss"] == evals[0]
 

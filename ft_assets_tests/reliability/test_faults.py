@@ -26,7 +26,7 @@ import pytest
 from mlflow import MlflowClient
 
 from ft_assets.asset_values import InferenceResults
-from ft_assets.assets.data import evaluation_dataset
+from ft_assets.assets.data import testing_dataset
 from ft_assets.assets.evaluation import evaluation_report
 from ft_assets.config import load_settings
 from ft_assets.definitions import defs
@@ -360,7 +360,7 @@ def test_judge_timeouts_and_garbage_leave_a_complete_report_with_nan_rows(
 
     started = time.monotonic()
     result = dg.materialize(
-        [given_inference_results, no_baseline, evaluation_report, evaluation_dataset],
+        [given_inference_results, no_baseline, evaluation_report, testing_dataset],
         resources=pipeline_resources(config),
         instance=dg.DagsterInstance.ephemeral(),
         raise_on_error=False,

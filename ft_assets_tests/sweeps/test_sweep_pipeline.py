@@ -40,6 +40,8 @@ class Sweep:
     home: Path
     tracking_uri: str
     killed_first: list[str]
+    #: the sweep run's MLflow status right after the kill (candidates still to come)
+    status_after_kill: str
     resumed: dict[str, Any]
     again: dict[str, Any]
 
@@ -93,9 +95,13 @@ def sweep(tmp_path_factory: pytest.TempPathFactory, model_cache: Path, tiny_mode
     env = {**os.environ, "DAGSTER_HOME": str(home), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     command = [str(Path(sys.executable).parent / "ft-pipeline"), "--sweep", "--config", str(config)]
     killed_first = _kill_after_first_candidate(command, env, home, root / "killed.log")
+    tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
+    (status_after_kill,) = [
+        r.info.status for r in _runs(tracking_uri) if r.data.tags.get("ft_assets.role") == "sweep"
+    ]
     resumed = _launch(config, home)
     again = _launch(config, home)
-    yield Sweep(config, home, f"sqlite:///{root / 'mlflow.db'}", killed_first, resumed, again)
+    yield Sweep(config, home, tracking_uri, killed_first, status_after_kill, resumed, again)
 
 
 def _materialized_partitions(instance: dg.DagsterInstance, asset: str) -> list[str]:
@@ -152,10 +158,13 @@ def test_mlflow_tree_is_sweep_then_candidates_then_phases(sweep: Sweep) -> None:
     top = sweeps[0]
     assert top.info.status == "FINISHED" and top.info.run_name.startswith("steps-")
     assert top.data.tags["ft_assets.sweep_winner"] == sweep.again["leaderboard"]["winner"]
-    candidates = {
-        r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == top.info.run_id
-    }
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == top.info.run_id]
+    candidates = {r.info.run_name: r for r in children if r.data.tags.get("ft_assets.role") == "candidate"}
     assert sorted(candidates) == CANDIDATES  # the killed sweep's runs were found again, not duplicated
+    # the sweep run's other child: the shared base inference (see the test below)
+    assert [r.data.tags.get("ft_assets.phase") for r in children if r not in candidates.values()] == [
+        "baseline_inference"
+    ]
     for name, run in candidates.items():
         assert run.data.tags["ft_assets.role"] == "candidate"
         steps = name.removeprefix("ms")
@@ -170,6 +179,25 @@ def test_mlflow_tree_is_sweep_then_candidates_then_phases(sweep: Sweep) -> None:
             f"{name}_evaluation",
             f"{name}_promotion",
         }
+
+
+def test_the_shared_base_inference_is_a_child_of_the_sweep_run_and_no_run_is_outside_the_tree(
+    sweep: Sweep,
+) -> None:
+    runs = _runs(sweep.tracking_uri)
+    (top,) = [r for r in runs if r.data.tags.get("ft_assets.role") == "sweep"]
+    base = [r for r in runs if r.data.tags.get("ft_assets.phase") == "baseline_inference"]
+    assert len(base) == 1  # once for the three launches
+    assert base[0].data.tags["mlflow.parentRunId"] == top.info.run_id and base[0].info.status == "FINISHED"
+    # the base phase's end did not end the sweep run: it was still RUNNING when the sweep was killed
+    assert sweep.status_after_kill == "RUNNING"
+    by_id = {r.info.run_id: r for r in runs}
+    for run in runs:  # every run's chain of parents ends at the sweep run
+        chain = run
+        while chain.info.run_id != top.info.run_id:
+            parent = chain.data.tags.get("mlflow.parentRunId")
+            assert parent in by_id, f"{run.info.run_name} is outside the sweep's tree"
+            chain = by_id[parent]
 
 
 def test_leaderboard_agrees_with_each_candidates_report_and_states_its_winner_rule(sweep: Sweep) -> None:
