@@ -15,13 +15,18 @@ with no system prompt, uses the one the model was trained with (:mod:`ft_assets.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
-if TYPE_CHECKING:
-    from ft_assets.config import Settings
-    from ft_assets.config_sections import FineTunerConfig, InferencerConfig
+from ft_assets.config_sections import FineTunerConfig, InferencerConfig
 
 Section = Literal["fine_tuner", "inferencer"]
+
+
+class DatasetSections(Protocol):
+    """What the table reads from :class:`ft_assets.config.Settings` (which imports this module)."""
+
+    fine_tuner: FineTunerConfig
+    inferencer: InferencerConfig
 
 
 @dataclass(frozen=True)
@@ -50,15 +55,15 @@ class DatasetSpec:
         """``[section] key``, as error messages and preflight name it."""
         return f"[{self.section}] {self.key}"
 
-    def columns(self, settings: Settings) -> FineTunerConfig | InferencerConfig:
+    def columns(self, settings: DatasetSections) -> FineTunerConfig | InferencerConfig:
         """The config section holding this dataset's source, split, revision and column mapping."""
         return getattr(settings, self.section)
 
-    def source(self, settings: Settings) -> str | None:
+    def source(self, settings: DatasetSections) -> str | None:
         """The configured path or hub id; ``None`` when the dataset is not configured."""
         return getattr(self.columns(settings), self.key) or None
 
-    def split(self, settings: Settings) -> str:
+    def split(self, settings: DatasetSections) -> str:
         return getattr(self.columns(settings), self.split_key)
 
     def describe_columns(self) -> str:

@@ -8,7 +8,7 @@ from ft_assets.assets.common import PHASE_CODE_VERSION, preflight_run, run_outpu
 from ft_assets.assets.data import testing_dataset
 from ft_assets.config import Settings
 from ft_assets.execution.launcher import ComputeLauncher
-from ft_assets.execution.phase import PhaseRequest
+from ft_assets.execution.request import PhaseRequest
 from ft_assets.phases.gates import check_lineage, release_gates
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import MlflowTracking

@@ -6,8 +6,8 @@ from ft_assets.asset_values import FineTunedModel
 from ft_assets.assets.common import PHASE_CODE_VERSION, preflight_run, run_output_dir
 from ft_assets.assets.data import training_dataset, validation_dataset
 from ft_assets.execution.launcher import GPU_STEP_TAGS, ComputeLauncher
-from ft_assets.execution.phase import PhaseRequest
 from ft_assets.execution.recovery import record_orchestrator
+from ft_assets.execution.request import PhaseRequest
 from ft_assets.phases.models import ResolvedModel
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import MlflowTracking

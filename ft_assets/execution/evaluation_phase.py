@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ft_assets.asset_values import EvaluationReport, InferenceResults
 from ft_assets.config import Settings
-from ft_assets.execution.phase import PhaseOutcome, PhaseRequest, pipes_meta
+from ft_assets.execution.request import PhaseOutcome, PhaseRequest, pipes_meta
 from ft_assets.phases.io import write_json
 from ft_assets.tracking_options import LogSink
 from ft_assets.tracking_run import PhaseRun

@@ -9,7 +9,7 @@ from typing import Any
 from ft_assets.asset_values import FineTunedModel
 from ft_assets.config import Settings
 from ft_assets.dataset_specs import TRAINING, VALIDATION
-from ft_assets.execution.phase import PhaseOutcome, PhaseRequest, pipes_meta, world_size
+from ft_assets.execution.request import PhaseOutcome, PhaseRequest, pipes_meta, world_size
 from ft_assets.phases.progress import training_progress
 from ft_assets.phases.system_prompt import SystemPrompt
 from ft_assets.secrets import hf_token

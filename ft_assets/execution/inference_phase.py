@@ -8,7 +8,7 @@ from pathlib import Path
 from ft_assets.asset_values import InferenceResults
 from ft_assets.config import Settings
 from ft_assets.dataset_specs import TESTING
-from ft_assets.execution.phase import PhaseOutcome, PhaseRequest, pipes_meta
+from ft_assets.execution.request import PhaseOutcome, PhaseRequest, pipes_meta
 from ft_assets.phases.progress import InferenceProgress
 from ft_assets.phases.system_prompt import inference_columns
 from ft_assets.secrets import hf_token

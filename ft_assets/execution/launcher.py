@@ -24,9 +24,9 @@ from pydantic import Field
 
 from ft_assets.asset_values import AssetValue
 from ft_assets.config import ConfigError
-from ft_assets.execution.phase import REQUEST_EXTRA, VALUE_MESSAGE_KEY, PhaseOutcome, PhaseRequest
 from ft_assets.execution.processes import ORCHESTRATOR_ENV, ProcessIdentity
 from ft_assets.execution.recovery import fail_orphaned_runs
+from ft_assets.execution.request import REQUEST_EXTRA, VALUE_MESSAGE_KEY, PhaseOutcome, PhaseRequest
 from ft_assets.tracking_run import PhaseRun
 
 REMOTE_MODULE = "ft_assets.execution.phase"

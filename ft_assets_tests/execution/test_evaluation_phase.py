@@ -16,7 +16,7 @@ from ft_assets.assets.evaluation import evaluate_with
 from ft_assets.config import load_settings
 from ft_assets.execution.evaluation_phase import record_evaluation_view
 from ft_assets.execution.launcher import ComputeLauncher
-from ft_assets.execution.phase import PhaseRequest
+from ft_assets.execution.request import PhaseRequest
 from ft_assets.resources.settings import PipelineSettings
 from ft_assets.resources.tracking import MlflowTracking
 from ft_assets_tests.helpers import pipeline_resources

@@ -17,7 +17,7 @@ from dagster_pipes import decode_param
 from ft_assets.config import ConfigError, load_settings
 from ft_assets.definitions import defs
 from ft_assets.execution.launcher import ComputeLauncher, SecretEnv
-from ft_assets.execution.phase import REQUEST_EXTRA, PhaseRequest
+from ft_assets.execution.request import REQUEST_EXTRA, PhaseRequest
 from ft_assets.phases.models import ResolvedModel
 from ft_assets.tracking_run import PhaseRun
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ft_assets.config import load_settings
-from ft_assets.execution.phase import PhaseRequest, execute
+from ft_assets.execution.phase import execute
+from ft_assets.execution.request import PhaseRequest
 from ft_assets.phases.models import MODEL_INFO_FILE, ResolvedModel
 from ft_assets.tracking_run import PhaseRun
 from ft_assets_tests.conftest import CI_CONFIG

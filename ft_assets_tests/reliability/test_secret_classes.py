@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from ft_assets import secrets
 from ft_assets.cli import build_parser, resolve_keys
 from ft_assets.config import ConfigError, Settings, load_settings
-from ft_assets.execution.phase import PhaseRequest
+from ft_assets.execution.request import PhaseRequest
 from ft_assets.phases.checkpoints import checkpoint_root
 from ft_assets.phases.models import MODEL_INFO_FILE, ResolvedModel
 from ft_assets.phases.training import load_training_data, train
@@ -229,7 +229,7 @@ def test_keys_that_collide_across_calls_and_in_tags_are_all_kept_and_reported(
 
 ROUND_TRIP = """
 import json, sys
-from ft_assets.execution.phase import PhaseRequest
+from ft_assets.execution.request import PhaseRequest
 request = PhaseRequest.from_json(json.load(sys.stdin))
 print(json.dumps(request.load_settings().model_dump(mode="json")))
 """
