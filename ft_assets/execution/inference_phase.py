@@ -10,7 +10,6 @@ from ft_assets.config import Settings
 from ft_assets.dataset_specs import TESTING
 from ft_assets.execution.request import PhaseOutcome, PhaseRequest, pipes_meta
 from ft_assets.phases.progress import InferenceProgress
-from ft_assets.phases.system_prompt import inference_columns
 from ft_assets.secrets import hf_token
 from ft_assets.tracking_options import LogSink
 from ft_assets.tracking_run import PhaseRun
@@ -18,17 +17,15 @@ from ft_assets.tracking_run import PhaseRun
 
 def infer(request: PhaseRequest, settings: Settings, run: PhaseRun, log: LogSink) -> PhaseOutcome:
     """Generate the answers of the request's model on the test split; the value is :class:`InferenceResults`."""
-    from ft_assets.phases.datasets import load_configured
-    from ft_assets.phases.generation import generate
+    from ft_assets.phases.generation import generate, load_test_set_for
     from ft_assets.phases.models import configured_chat_template
 
     if request.model_dir is None or request.model_hash is None:
         raise ValueError(f"phase request ({request.phase}) names no model directory or model hash")
     output = Path(request.output)
-    config, prompt_warning = inference_columns(settings.inferencer, Path(request.model_dir))
+    config, dataset, prompt_warning = load_test_set_for(Path(request.model_dir), settings, hf_token())
     if prompt_warning:
         log.warning(prompt_warning)
-    dataset = load_configured(TESTING, settings, hf_token(), columns=config)
     run.log_dataset(TESTING.name, dataset.content_hash, dataset.resolved, TESTING.name)
     template = configured_chat_template(settings)
     progress = InferenceProgress(len(dataset.examples), log.info, label=request.phase)

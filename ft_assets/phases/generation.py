@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ft_assets.config import InferencerConfig, load_settings
+from ft_assets.config import InferencerConfig, Settings, load_settings
 from ft_assets.dataset_specs import TESTING
 from ft_assets.phases.datasets import Example, LoadedDataset, load_configured
 from ft_assets.phases.io import atomic_file
@@ -48,6 +48,7 @@ from ft_assets.phases.prompts import (
     inference_tokenizer,
     output_row,
 )
+from ft_assets.phases.system_prompt import inference_columns
 from ft_assets.secrets import hf_token
 
 logger = logging.getLogger(__name__)
@@ -279,6 +280,18 @@ def generate(
     )
 
 
+def load_test_set_for(
+    model_dir: Path, settings: Settings, token: str | None = None
+) -> tuple[InferencerConfig, LoadedDataset, str | None]:
+    """The ``[inferencer]`` config and test set to run ``model_dir`` on, and a system-prompt mismatch warning.
+
+    With no system prompt configured, a model this project trained is run with the one it was trained with
+    (:func:`ft_assets.phases.system_prompt.inference_columns`), wherever inference is started from.
+    """
+    config, prompt_warning = inference_columns(settings.inferencer, model_dir)
+    return config, load_configured(TESTING, settings, token, columns=config), prompt_warning
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -289,9 +302,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     settings = load_settings(args.config)
-    dataset = load_configured(TESTING, settings, hf_token())
+    config, dataset, prompt_warning = load_test_set_for(args.model, settings, hf_token())
+    if prompt_warning:
+        logging.getLogger(__name__).warning(prompt_warning)
     template = configured_chat_template(settings)
-    result = generate(args.model, dataset, settings.inferencer, args.output, chat_template=template)
+    result = generate(args.model, dataset, config, args.output, chat_template=template)
     print(json.dumps({"jsonl": str(result.jsonl_path), **result.metrics}, indent=2))
 
 

@@ -33,6 +33,7 @@ from ft_assets.phases.models import (
     load_chat_template,
     load_tokenizer,
 )
+from ft_assets.phases.system_prompt import SYSTEM_PROMPT_KEY
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEMO_TEST = PROJECT_ROOT / "data" / "demo" / "test.jsonl"
@@ -488,3 +489,29 @@ def test_killed_inference_publishes_nothing_and_a_rerun_completes(
     generation.main(["--config", str(quick), *arguments])  # the same entry point, in this process
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(rows) == 60 and all(set(row) == ROW_KEYS for row in rows)
+
+
+def test_the_command_line_runs_a_trained_model_with_its_trained_system_prompt(
+    tiny_model: Any, write_config: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trained = tmp_path / "trained-model"
+    shutil.copytree(tiny_model.path, trained)
+    prompt = "Réponds en JSON — 日本語で"
+    (trained / MODEL_INFO_FILE).write_text(
+        json.dumps({SYSTEM_PROMPT_KEY: {"override_text": prompt, "column": None}}), encoding="utf-8"
+    )
+    output = tmp_path / "out" / "inference_results.jsonl"
+    arguments = ["--model", str(trained), "--output", str(output)]
+
+    unset = write_config({"inferencer": {"batch_size": 32, "max_new_tokens": 2}}, name="unset.toml")
+    generation.main(["--config", str(unset), *arguments])
+    rows = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 60 and {row["system_prompt"] for row in rows} == {prompt}
+
+    other = {"batch_size": 32, "max_new_tokens": 2, "system_prompt_override_text": "Be brief."}
+    configured = write_config({"inferencer": other}, name="configured.toml")
+    with caplog.at_level("WARNING"):
+        generation.main(["--config", str(configured), *arguments])
+    rows = [json.loads(line) for line in output.read_text(encoding="utf-8").splitlines()]
+    assert {row["system_prompt"] for row in rows} == {"Be brief."}, "a configured prompt wins"
+    assert any(prompt in record.getMessage() for record in caplog.records), "and the mismatch is said"
